@@ -1,0 +1,53 @@
+"""Find shipped folders (teachers/, students/, data/, eval/) and resolve recipes by name or path.
+
+In a source checkout the folders sit at the repository root; in an installed wheel they ship as
+``distill/_shipped/<folder>``. A recipe is named on the CLI by name (``--teacher demo``,
+``--teacher qwen2.5-72b-instruct``) or by path to a YAML file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from distill.config import ConfigError, read_yaml
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+SHIPPED_FOLDERS = ("teachers", "students", "data", "eval")
+
+
+def shipped_dir(folder: str) -> Path:
+    """The shipped folder ``folder`` (one of teachers, students, data, eval)."""
+    assert folder in SHIPPED_FOLDERS, folder
+    for candidate in (_PACKAGE_DIR / "_shipped" / folder, _PACKAGE_DIR.parent / folder):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"shipped folder '{folder}' not found next to {_PACKAGE_DIR}")
+
+
+def recipe_names(folder: str) -> list[str]:
+    """Names of the recipes shipped in ``folder`` (YAML files, or sub-folders holding recipe.yaml)."""
+    base = shipped_dir(folder)
+    names = [p.stem for p in base.glob("*.yaml")]
+    names += [p.parent.name for p in base.glob("*/recipe.yaml")]
+    return sorted(names)
+
+
+def resolve_recipe(folder: str, spec: str) -> tuple[Path, dict[str, Any]]:
+    """Resolve ``spec`` (a recipe name or a path to a YAML file) to (path, mapping).
+
+    A directory that holds ``recipe.yaml`` counts as that recipe. Raises ConfigError naming the
+    flag's value and the shipped names when nothing matches.
+    """
+    path = Path(spec)
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        return path, read_yaml(path)
+    if path.is_dir() and (path / "recipe.yaml").is_file():
+        return path / "recipe.yaml", read_yaml(path / "recipe.yaml")
+    base = shipped_dir(folder)
+    for candidate in (base / f"{spec}.yaml", base / spec / "recipe.yaml"):
+        if candidate.is_file():
+            return candidate, read_yaml(candidate)
+    raise ConfigError(
+        f"'{spec}' is neither a YAML file nor a {folder[:-1]} recipe; shipped {folder}: {', '.join(recipe_names(folder))}"
+    )

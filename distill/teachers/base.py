@@ -1,0 +1,109 @@
+"""The Teacher protocol: what every backend (HF in-process, vLLM, OpenAI-compatible HTTP) returns.
+
+The trainer and the corpus writer never know which backend ran; they see only these values.
+Token ids are the teacher's own (prompt ids built once, with the chat template, by
+``distill.prompts``); top-k log-probs are from the RAW next-token distribution (temperature 1,
+before top-p/top-k warping), sorted by log-prob descending.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol, Sequence
+
+import numpy as np
+
+FINISH_REASONS = ("stop", "length")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the teacher samples responses. ``top_k_logprobs`` is how many log-probs to capture."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k_logprobs: int = 20  # 0: text and ids only (black-box teacher, or prompt augmentation)
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k_logprobs < 0:
+            raise ValueError(f"top_k_logprobs must be >= 0, got {self.top_k_logprobs}")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One response to sample. ``key`` is the corpus row id; ``seed`` makes the sample
+    reproducible and independent of which other requests share its batch."""
+
+    key: str
+    prompt_ids: tuple[int, ...]
+    seed: int
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """A fixed (prompt, response) pair to teacher-force for top-k log-probs at each response position."""
+
+    key: str
+    prompt_ids: tuple[int, ...]
+    response_ids: tuple[int, ...]
+
+
+@dataclass
+class TeacherOutput:
+    """One sampled (or scored) response.
+
+    Shapes: ``response_ids`` [T] int32; ``topk_ids`` [T, k] int32 and ``topk_logprobs`` [T, k]
+    float32 sorted descending per position (raw, temperature-1 distribution); ``sampled_logprobs``
+    [T] float32, the raw log-prob of ``response_ids[t]``. The three log-prob arrays are None for
+    a black-box teacher (text only).
+    """
+
+    key: str
+    prompt_ids: np.ndarray
+    response_ids: np.ndarray
+    topk_ids: np.ndarray | None
+    topk_logprobs: np.ndarray | None
+    sampled_logprobs: np.ndarray | None
+    finish_reason: str
+    text: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        num_tokens = len(self.response_ids)
+        assert self.finish_reason in FINISH_REASONS, self.finish_reason
+        if self.topk_ids is not None:
+            assert self.topk_logprobs is not None and self.sampled_logprobs is not None
+            assert self.topk_ids.shape == self.topk_logprobs.shape, (self.topk_ids.shape, self.topk_logprobs.shape)
+            assert self.topk_ids.ndim == 2 and self.topk_ids.shape[0] == num_tokens
+            assert self.sampled_logprobs.shape == (num_tokens,)
+
+
+class Teacher(Protocol):
+    """A teacher model behind some backend.
+
+    ``tokenizer`` is a Hugging Face tokenizer (the teacher's); ``max_context`` the longest
+    prompt + response it accepts. ``generate`` and ``score`` yield one output per request, in any
+    order (match on ``key``), streaming, so callers write shards with bounded memory.
+    """
+
+    tokenizer: Any
+    max_context: int
+    backend: str
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Model id, revision or weights hash, backend and its version: goes into the manifest."""
+        ...
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> Iterator[TeacherOutput]: ...
+
+    def score(self, requests: Sequence[ScoreRequest], top_k: int) -> Iterator[TeacherOutput]: ...
+
+    def close(self) -> None: ...
