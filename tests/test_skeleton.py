@@ -1,0 +1,31 @@
+import subprocess
+import sys
+import time
+
+from distill.fingerprint import tokenizer_fingerprint
+from distill.prompts import encode_prompt
+
+
+def test_import_and_help_are_light():
+    code = (
+        "import sys, time; t=time.time(); import distill.cli; "
+        "from click.testing import CliRunner; r=CliRunner().invoke(distill.cli.main, ['--help']); "
+        "assert r.exit_code == 0, r.output; "
+        "bad=[m for m in ('torch','vllm','deepspeed','transformers') if m in sys.modules]; "
+        "assert not bad, bad; print(time.time()-t)"
+    )
+    start = time.time()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout.strip()) < 2.0
+    assert time.time() - start < 10
+
+
+def test_tiny_fixtures(tiny_teacher_dir, tiny_student_dir):
+    from transformers import AutoTokenizer
+
+    teacher_tok = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    student_tok = AutoTokenizer.from_pretrained(tiny_student_dir)
+    assert tokenizer_fingerprint(teacher_tok) == tokenizer_fingerprint(student_tok)
+    ids = encode_prompt(teacher_tok, [{"role": "user", "content": "What is 2 + 2?"}])
+    assert ids[0] == teacher_tok.convert_tokens_to_ids("<|im_start|>")
+    assert teacher_tok.decode(ids).endswith("<|im_start|>assistant\n")
