@@ -1,0 +1,817 @@
+"""Prompt augmentation: the teacher writes new prompts from a few seed prompts shown as examples.
+
+One round: draw ``few_shot`` examples per request at random (seeds, optionally mixed with
+prompts accepted in earlier rounds), fill the meta-prompt, let the teacher write; parse each
+generation into one or several prompts, normalize them, and run every candidate through the
+filters in this order, stopping at the first that rejects it (its reason is counted once):
+
+    empty, broken_format, truncated, too_short, refusal, meta_prompt_echo, seed_copy,
+    exact_duplicate, too_long, near_duplicate, contaminated, judge_unparseable, judge_below_threshold
+
+Rounds continue until ``num_prompts`` are accepted or ``max_rounds`` are spent; the stats say
+which. Only the Teacher protocol is used (``generate`` with ``top_k_logprobs=0``, ``tokenizer``,
+``max_context``), so the HF, vLLM and HTTP backends all work unchanged.
+
+Determinism: every random draw comes from (seed, round) and every request carries its own
+sampling seed; candidates are processed in request order whatever order the backend yields.
+Resumability: each finished round is one JSON file written atomically under ``rounds/``; a
+re-run reloads them and continues with the next round. ``augment.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import string
+import sys
+import time
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from distill.config import ConfigError, field
+from distill.prompts import PromptRecord, encode_prompt, normalize_text, prompt_hash
+
+AUGMENT_FORMAT_VERSION = 1
+SHINGLE_KINDS = ("word", "char")
+REJECT_REASONS = (
+    "empty",
+    "broken_format",
+    "truncated",
+    "too_short",
+    "refusal",
+    "meta_prompt_echo",
+    "seed_copy",
+    "exact_duplicate",
+    "too_long",
+    "near_duplicate",
+    "contaminated",
+    "judge_unparseable",
+    "judge_below_threshold",
+)
+
+# The default meta-prompt. ``{examples}`` receives the few-shot prompts, each rendered as
+# "Prompt: <text>" and separated by a blank line; ``{num_new}`` the number of prompts asked for.
+# The teacher answers in the same "Prompt: ..." format, which ``parse_prompts`` splits.
+DEFAULT_META_PROMPT = (
+    "Here are example prompts that users sent to an AI assistant:\n"
+    "\n"
+    "{examples}\n"
+    "\n"
+    "Write {num_new} new prompts of the same kind. Each new prompt must be self-contained and "
+    "answerable, must differ from the examples and from the other new prompts in its details "
+    "(topic, names, numbers, wording), and must not contain its answer. Start each new prompt "
+    'on its own line with "Prompt:".'
+)
+DEFAULT_JUDGE_PROMPT = (
+    "Rate the following prompt, which a user might send to an AI assistant, from 1 (unusable) "
+    "to 5 (excellent) against this rubric:\n"
+    "{rubric}\n"
+    "\n"
+    "Prompt:\n"
+    "{prompt}\n"
+    "\n"
+    "Reply with the score only: one digit from 1 to 5."
+)
+DEFAULT_JUDGE_RUBRIC = (
+    "The prompt is a clear, self-contained request with one well-defined task and all the "
+    "information needed to answer it; it is not a refusal, not an answer, not a fragment."
+)
+EXAMPLE_PREFIX = "Prompt: "
+TEMPLATE_FIELDS = {
+    # template key: (required placeholders, allowed placeholders)
+    "meta_prompt": ({"examples"}, {"examples", "num_new"}),
+    "judge_prompt": ({"prompt"}, {"prompt", "rubric"}),
+}
+RECIPE_KEYS = ("meta_prompt", "judge_prompt", "judge_rubric")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Config of ``distill augment`` (and of ``distill generate --augment N``)."""
+
+    teacher: str = field("", help="teacher recipe name, recipe YAML, or local HF model directory")
+    prompts: str = field("", help="seed prompts (JSONL/CSV/Parquet/datasets folder)")
+    out: str = field("", help="output directory: prompts.jsonl, rejected.jsonl, augment.json, rounds/")
+    num_prompts: int = field(1000, help="number of synthetic prompts to accept")
+    backend: str | None = field(None, help="teacher backend (hf, vllm, openai); default: the recipe's")
+    seed: int = field(0, help="random seed: example draws and sampling seeds derive from it")
+    max_rounds: int = field(50, help="round budget: stop after this many rounds even if short of num_prompts")
+    requests_per_round: int = field(0, help="teacher generations per round; 0 = sized from the remaining target and the yield so far (at most 256)")
+    few_shot: int = field(3, help="example prompts shown per request")
+    synthetic_fraction: float = field(0.0, help="fraction of the examples drawn from already accepted synthetic prompts (0 = seeds only)")
+    prompts_per_request: int = field(5, help="new prompts asked for per generation (the meta-prompt's {num_new})")
+    temperature: float = field(1.0, help="sampling temperature for writing prompts")
+    top_p: float = field(0.95, help="nucleus sampling for writing prompts")
+    generation_max_tokens: int = field(512, help="tokens the teacher may write per augmentation request")
+    max_new_tokens: int = field(256, help="response budget reserved later (generate --max-new-tokens): prompts longer than the teacher's context minus this are rejected")
+    max_prompt_tokens: int = field(0, help="reject prompts longer than this many teacher tokens (0 = context minus max_new_tokens only)")
+    min_words: int = field(3, help="reject prompts with fewer words")
+    near_dup_threshold: float = field(0.7, help="Jaccard similarity of shingle sets at or above which a prompt is a near duplicate")
+    shingle: str = field("word", help="shingle kind for near-dup detection: word or char")
+    shingle_size: int = field(3, help="words (or characters) per shingle")
+    num_perm: int = field(128, help="MinHash permutations")
+    decontaminate: str | None = field(None, help="eval suite (name in eval/ or JSONL path) whose prompts no synthetic prompt may share an n-gram with")
+    decontaminate_ngram: int = field(13, help="n-gram size (words) for decontamination")
+    judge_threshold: float = field(0.0, help="keep prompts the teacher scores >= this (1-5); 0 = no judge")
+    judge_max_tokens: int = field(8, help="tokens the judge may write")
+    meta_prompt: str | None = field(None, help="meta-prompt template ({examples} required, {num_new} optional); default: the recipe's augment.meta_prompt, else built in")
+    judge_prompt: str | None = field(None, help="judge template ({prompt} required, {rubric} optional); default: recipe's, else built in")
+    judge_rubric: str | None = field(None, help="rubric text for the judge; default: recipe's augment.judge_rubric, else built in")
+    progress: bool = field(True, help="show a progress bar")
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, name: str, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"{name} {msg}, got {getattr(self, name)!r}")
+
+        check(self.num_prompts >= 1, "num_prompts", "must be >= 1")
+        check(self.max_rounds >= 1, "max_rounds", "must be >= 1")
+        check(self.requests_per_round >= 0, "requests_per_round", "must be >= 0")
+        check(self.few_shot >= 1, "few_shot", "must be >= 1")
+        check(0.0 <= self.synthetic_fraction <= 1.0, "synthetic_fraction", "must be in [0, 1]")
+        check(self.prompts_per_request >= 1, "prompts_per_request", "must be >= 1")
+        check(self.temperature >= 0, "temperature", "must be >= 0")
+        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        check(self.generation_max_tokens >= 1, "generation_max_tokens", "must be >= 1")
+        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        check(self.max_prompt_tokens >= 0, "max_prompt_tokens", "must be >= 0")
+        check(self.min_words >= 0, "min_words", "must be >= 0")
+        check(0 < self.near_dup_threshold <= 1, "near_dup_threshold", "must be in (0, 1]")
+        check(self.shingle in SHINGLE_KINDS, "shingle", f"must be one of {', '.join(SHINGLE_KINDS)}")
+        check(self.shingle_size >= 1, "shingle_size", "must be >= 1")
+        check(self.num_perm >= 16, "num_perm", "must be >= 16")
+        check(self.decontaminate_ngram >= 1, "decontaminate_ngram", "must be >= 1")
+        check(self.judge_threshold == 0 or 1 <= self.judge_threshold <= 5, "judge_threshold", "must be 0 (off) or in [1, 5]")
+        check(self.judge_max_tokens >= 1, "judge_max_tokens", "must be >= 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# templates
+
+
+@dataclass(frozen=True)
+class Templates:
+    meta_prompt: str
+    judge_prompt: str
+    judge_rubric: str
+
+
+def check_template(template: str, key: str, where: str) -> None:
+    """Raise ConfigError naming ``where`` when ``template`` lacks a required placeholder or has an unknown one."""
+    required, allowed = TEMPLATE_FIELDS[key]
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {key}: invalid template ({exc}); write literal braces as {{{{ and }}}}") from None
+    missing = sorted(required - names)
+    if missing:
+        raise ConfigError(f"{where}: {key}: template has no {{{missing[0]}}} placeholder (required: {', '.join('{' + n + '}' for n in sorted(required))})")
+    unknown = sorted(names - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: {key}: unknown placeholder {{{unknown[0]}}} (allowed: {', '.join('{' + n + '}' for n in sorted(allowed))}; write literal braces as {{{{ and }}}})")
+
+
+def resolve_templates(config: AugmentConfig, recipe: dict[str, Any] | None = None) -> Templates:
+    """Templates from, in order of precedence: the config, the teacher recipe's ``augment`` key, defaults."""
+    recipe = recipe or {}
+    where_recipe = str(recipe.get("recipe_path", "teacher recipe"))
+    section = recipe.get("augment") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where_recipe}: 'augment' must be a mapping with keys {', '.join(RECIPE_KEYS)}")
+    unknown = sorted(set(section) - set(RECIPE_KEYS))
+    if unknown:
+        raise ConfigError(f"{where_recipe}: unknown key 'augment.{unknown[0]}'; known keys: {', '.join(RECIPE_KEYS)}")
+    values: dict[str, str] = {}
+    for key, default in (("meta_prompt", DEFAULT_META_PROMPT), ("judge_prompt", DEFAULT_JUDGE_PROMPT), ("judge_rubric", DEFAULT_JUDGE_RUBRIC)):
+        from_config = getattr(config, key)
+        if from_config is not None:
+            value, where = from_config, "config"
+        elif key in section:
+            value, where = section[key], f"{where_recipe}: augment"
+        else:
+            value, where = default, "built-in default"
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where}: {key} must be a non-empty string")
+        if key in TEMPLATE_FIELDS:
+            check_template(value, key, where)
+        values[key] = value
+    return Templates(**values)
+
+
+def render_meta_prompt(template: str, examples: Sequence[str], num_new: int) -> str:
+    rendered = "\n\n".join(EXAMPLE_PREFIX + text.strip() for text in examples)
+    return template.format(examples=rendered, num_new=num_new)
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing and normalization
+
+# "Prompt:", "Prompt 3:", "**Prompt 2:**", "### New prompt 4", "New prompt:" at a line start.
+_MARKER = re.compile(
+    r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*(?:new[ \t]+)?prompt[ \t]*#?[ \t]*(?:\d{1,4})?[ \t]*(?:\*\*|__)?[ \t]*"
+    r"(?::|\.(?=\s)|\)|-(?=\s)|$)[ \t]*(?:\*\*|__)?[ \t]*",
+    re.IGNORECASE | re.MULTILINE,
+)
+_NUMBERED = re.compile(r"^[ \t]*\d{1,3}[.)][ \t]+", re.MULTILINE)
+_QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "`": "`"}
+
+
+def clean_prompt(text: str) -> str:
+    """Normalize one parsed prompt: NFC, no surrounding quotes or markdown bold, tidy whitespace
+    (newlines kept: prompts may be multi-line)."""
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    lines = [" ".join(line.split()) for line in text.split("\n")]
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    for _ in range(2):
+        if len(text) >= 2 and text[0] in _QUOTES and text[-1] == _QUOTES[text[0]] and not text.startswith("```"):
+            text = text[1:-1].strip()
+        if text.startswith("**") and text.endswith("**") and len(text) > 4:
+            text = text[2:-2].strip()
+        elif text.count("**") == 1:  # the other half of a bold marker went with the "Prompt:" line
+            text = text.replace("**", "").strip()
+    return text
+
+
+def parse_prompts(text: str) -> list[str]:
+    """Split one generation into prompts.
+
+    With "Prompt:" markers, each marker starts a prompt (text before the first is preamble and
+    dropped). Without them, a numbered list starting at 1 splits on its items. Otherwise the
+    whole generation is one prompt. Empty pieces are kept so they are counted as ``empty``.
+    """
+    text = text.replace("\r\n", "\n")
+    marks = list(_MARKER.finditer(text))
+    if marks:
+        bounds = [m.end() for m in marks] + [len(text)]
+        starts = [m.start() for m in marks[1:]] + [len(text)]
+        return [clean_prompt(text[bounds[i] : starts[i]]) for i in range(len(marks))]
+    items = list(_NUMBERED.finditer(text))
+    if len(items) >= 2 and text[: items[0].start()].strip() == "" and re.match(r"\s*1\b", text[items[0].start() :]):
+        ends = [m.start() for m in items[1:]] + [len(text)]
+        return [clean_prompt(text[m.end() : e]) for m, e in zip(items, ends)]
+    return [clean_prompt(text)]
+
+
+# ---------------------------------------------------------------------------------------------
+# junk detectors
+
+_REFUSAL = re.compile(
+    r"^(?:i'?m sorry|i am sorry|sorry[,.!]|i apologi[sz]e|i can'?not\b|i can'?t\b|i can not\b|i'?m (?:not able|unable)|"
+    r"i am (?:not able|unable)|as an ai\b|as a language model\b|i (?:will not|won'?t)\b|unfortunately,? i\b)",
+)
+_CHATTER = re.compile(r"^(?:sure|certainly|of course|okay|ok)\b.{0,40}\bprompts?\b|^here (?:are|is)\b.{0,40}\bprompts?\b")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
+_SPECIAL = re.compile(r"<\|[^|<>\s]{1,40}\|>|</?s>")
+
+
+def is_refusal(text: str) -> bool:
+    return bool(_REFUSAL.match(normalize_text(text).replace("\u2019", "'")))
+
+
+def broken_format(text: str, special_tokens: Iterable[str] = ()) -> str | None:
+    """Why ``text`` is malformed (leftover special tokens, control or replacement characters,
+    an unclosed code fence), or None."""
+    if _CONTROL.search(text):
+        return "control or replacement character"
+    if _SPECIAL.search(text) or any(tok and tok in text for tok in special_tokens):
+        return "special token in text"
+    if text.count("```") % 2:
+        return "unclosed code fence"
+    return None
+
+
+class EchoDetector:
+    """Flags a candidate that repeats the meta-prompt's own instructions (8 words in a row of the
+    template's fixed text) or is assistant chatter about prompts ("Here are 5 new prompts:")."""
+
+    def __init__(self, template: str, n: int = 8):
+        from distill.dedup import words
+
+        self.n = n
+        fixed = [literal for literal, _, _, _ in string.Formatter().parse(template)]
+        self.grams = set()
+        for part in fixed:
+            toks = words(part)
+            self.grams.update(tuple(toks[i : i + n]) for i in range(len(toks) - n + 1))
+
+    def __call__(self, text: str) -> bool:
+        from distill.dedup import words
+
+        if _CHATTER.match(normalize_text(text)[:120]):
+            return True
+        toks = words(text)
+        return any(tuple(toks[i : i + self.n]) in self.grams for i in range(len(toks) - self.n + 1))
+
+
+def parse_judge_score(text: str) -> int | None:
+    match = re.search(r"(?<!\d)([1-5])(?!\d)", text)
+    return int(match.group(1)) if match else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 31-bit seed from ``parts``: stable across processes and Python versions."""
+    blob = ":".join(str(p) for p in parts).encode("utf-8")
+    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def record_to_json(record: PromptRecord) -> dict[str, Any]:
+    return {"id": record.id, "messages": list(record.messages), "reference": record.reference, "origin": record.origin}
+
+
+def record_from_json(row: dict[str, Any]) -> PromptRecord:
+    return PromptRecord(id=row["id"], messages=tuple(row["messages"]), reference=row.get("reference"), origin=row.get("origin") or {})
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file, fsync and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+@dataclass
+class AugmentResult:
+    """Accepted synthetic prompts (in acceptance order) and the run's stats."""
+
+    records: list[PromptRecord]
+    stats: dict[str, Any]
+    rejected: list[dict[str, Any]]
+
+
+class _State:
+    """Everything a round reads and updates; rebuilt from round files on resume."""
+
+    def __init__(self, config: AugmentConfig, seeds: Sequence[PromptRecord], templates: Templates, teacher: Any):
+        from distill.dedup import NearDuplicateIndex, exact_key
+
+        self.config = config
+        self.seeds = list(seeds)
+        self.accepted: list[PromptRecord] = []
+        self.rejected: list[dict[str, Any]] = []
+        self.counts: Counter[str] = Counter()
+        self.rounds_done = 0
+        self.requests = 0
+        self.candidates = 0
+        self.surplus = 0
+        self.skipped_requests = 0
+        self.timing: Counter[str] = Counter()
+        self.near = NearDuplicateIndex(config.near_dup_threshold, kind=config.shingle, size=config.shingle_size, num_perm=config.num_perm)
+        self.exact: dict[str, str] = {}
+        self.seed_exact: dict[str, str] = {}
+        for seed in self.seeds:
+            self.seed_exact.setdefault(exact_key(seed.prompt), seed.id)
+            self.near.add(seed.id, seed.prompt)
+        from distill.decontaminate import NgramIndex
+
+        # Verbatim seed copies inside a longer text: whole seeds (>= 4 words) as one "n-gram" each.
+        self.seed_contained = NgramIndex([s.prompt for s in self.seeds if len(s.prompt.split()) >= 4], n=1 << 30)
+        self.echo = EchoDetector(templates.meta_prompt)
+        tok = teacher.tokenizer
+        self.special_tokens = [t for t in getattr(tok, "all_special_tokens", []) if len(t) > 1]
+
+    def add_accepted(self, record: PromptRecord) -> None:
+        from distill.dedup import exact_key
+
+        self.accepted.append(record)
+        self.exact.setdefault(exact_key(record.prompt), record.id)
+        self.near.add(record.id, record.prompt)
+
+
+def _examples_for(state: _State, rng: random.Random) -> list[PromptRecord]:
+    config = state.config
+    num_syn = min(round(config.few_shot * config.synthetic_fraction), len(state.accepted))
+    picks = rng.sample(state.seeds, config.few_shot - num_syn) + rng.sample(state.accepted, num_syn)
+    rng.shuffle(picks)
+    return picks
+
+
+def _round_requests(state: _State, templates: Templates, teacher: Any, round_index: int, num_requests: int):
+    """Build this round's generation requests; each remembers its examples (the lineage)."""
+    from distill.teachers.base import GenerationRequest
+
+    config = state.config
+    rng = random.Random(derive_seed("augment-round", config.seed, round_index))
+    budget = teacher.max_context - config.generation_max_tokens
+    requests, parents = [], {}
+    for i in range(num_requests):
+        examples = _examples_for(state, rng)
+        # Drop the longest examples until the meta-prompt fits next to the generation budget.
+        while True:
+            text = render_meta_prompt(templates.meta_prompt, [e.prompt for e in examples], config.prompts_per_request)
+            ids = encode_prompt(teacher.tokenizer, [{"role": "user", "content": text}])
+            if len(ids) <= budget or len(examples) == 1:
+                break
+            examples = sorted(examples, key=lambda e: len(e.prompt))[:-1]
+        if len(ids) > budget:
+            state.skipped_requests += 1
+            continue
+        key = f"augment-r{round_index}-q{i}"
+        requests.append(GenerationRequest(key=key, prompt_ids=tuple(ids), seed=derive_seed("augment-request", config.seed, round_index, i)))
+        parents[key] = (i, [e.id for e in examples])
+    return requests, parents
+
+
+def _timed_generate(teacher: Any, requests: list, params: Any, timing: Counter, label: str) -> dict[str, Any]:
+    """Run teacher.generate, timing only the time spent inside the teacher's iterator."""
+    outputs: dict[str, Any] = {}
+    start = time.perf_counter()
+    for out in teacher.generate(requests, params):
+        outputs[out.key] = out
+    timing[label] += time.perf_counter() - start
+    missing = [r.key for r in requests if r.key not in outputs]
+    assert not missing, f"teacher returned no output for {missing[:3]}"
+    return outputs
+
+
+def _output_text(teacher: Any, out: Any) -> str:
+    if out.text:
+        return out.text
+    return teacher.tokenizer.decode([int(i) for i in out.response_ids], skip_special_tokens=True)
+
+
+def _screen(state: _State, text: str, prompt_limit: int, teacher: Any, contamination: Any, pending: dict[str, str]) -> tuple[str | None, str]:
+    """The first filter that rejects ``text`` and a detail string, or (None, "")."""
+    from distill.dedup import exact_key, words
+
+    config = state.config
+    if not text.strip():
+        return "empty", ""
+    broken = broken_format(text, state.special_tokens)
+    if broken:
+        return "broken_format", broken
+    if len(words(text)) < config.min_words:
+        return "too_short", f"{len(words(text))} words"
+    if is_refusal(text):
+        return "refusal", ""
+    if state.echo(text):
+        return "meta_prompt_echo", ""
+    key = exact_key(text)
+    if key in state.seed_exact:
+        return "seed_copy", state.seed_exact[key]
+    contained = state.seed_contained.match(text)
+    if contained is not None:
+        return "seed_copy", " ".join(contained)[:80]
+    if key in state.exact or key in pending:
+        return "exact_duplicate", state.exact.get(key) or pending[key]
+    num_tokens = len(encode_prompt(teacher.tokenizer, [{"role": "user", "content": text}]))
+    if num_tokens > prompt_limit:
+        return "too_long", f"{num_tokens} tokens > {prompt_limit}"
+    near = state.near.query(text)
+    if near is not None:
+        return "near_duplicate", f"{near[0]} jaccard={near[1]:.2f}"
+    if contamination is not None:
+        gram = contamination.match(text)
+        if gram is not None:
+            return "contaminated", " ".join(gram)
+    return None, ""
+
+
+def _judge(state: _State, templates: Templates, teacher: Any, round_index: int, candidates: list[tuple[str, str]]) -> dict[str, int | None]:
+    """Teacher scores (1-5, None when unparseable) for (key, text) candidates."""
+    from distill.teachers.base import GenerationRequest, SamplingParams
+
+    config = state.config
+    params = SamplingParams(max_new_tokens=config.judge_max_tokens, temperature=0.0, top_p=1.0, top_k_logprobs=0)
+    requests = []
+    for key, text in candidates:
+        content = templates.judge_prompt.format(prompt=text, rubric=templates.judge_rubric)
+        ids = encode_prompt(teacher.tokenizer, [{"role": "user", "content": content}])
+        requests.append(GenerationRequest(key=f"judge-{key}", prompt_ids=tuple(ids), seed=derive_seed("judge", config.seed, round_index, key)))
+    if not requests:
+        return {}
+    outputs = _timed_generate(teacher, requests, params, state.timing, "judge_s")
+    return {key: parse_judge_score(_output_text(teacher, outputs[f"judge-{key}"])) for key, _ in candidates}
+
+
+def _run_round(state: _State, templates: Templates, teacher: Any, round_index: int, prompt_limit: int, contamination: Any) -> dict[str, Any]:
+    from distill.dedup import exact_key
+    from distill.teachers.base import SamplingParams
+
+    config = state.config
+    remaining = config.num_prompts - len(state.accepted)
+    if config.requests_per_round:
+        num_requests = config.requests_per_round
+    else:
+        accepted_per_request = len(state.accepted) / state.requests if state.requests and state.accepted else config.prompts_per_request * 0.5
+        num_requests = max(1, min(256, math.ceil(remaining / max(accepted_per_request, 0.05))))
+    requests, parents = _round_requests(state, templates, teacher, round_index, num_requests)
+    params = SamplingParams(max_new_tokens=config.generation_max_tokens, temperature=config.temperature, top_p=config.top_p, top_k_logprobs=0)
+    outputs = _timed_generate(teacher, requests, params, state.timing, "teacher_generate_s") if requests else {}
+
+    counts: Counter[str] = Counter()
+    rejected: list[dict[str, Any]] = []
+    pending: dict[str, str] = {}  # exact key -> candidate key, for duplicates within the round
+    survivors: list[tuple[str, str, list[str], int]] = []  # (candidate key, text, parents, request index)
+    num_candidates = 0
+    for request in requests:
+        out = outputs[request.key]
+        index, parent_ids = parents[request.key]
+        pieces = parse_prompts(_output_text(teacher, out))
+        for j, text in enumerate(pieces):
+            num_candidates += 1
+            if out.finish_reason == "length" and j == len(pieces) - 1 and text.strip():
+                reason, detail = "truncated", "generation hit generation_max_tokens"
+            else:
+                reason, detail = _screen(state, text, prompt_limit, teacher, contamination, pending)
+            if reason is not None:
+                counts[reason] += 1
+                rejected.append({"round": round_index, "reason": reason, "detail": detail, "text": text, "parents": parent_ids})
+                continue
+            cand_key = f"r{round_index}-q{index}-p{j}"
+            pending[exact_key(text)] = cand_key
+            state.near.add(cand_key, text)  # later candidates in this round dedup against it
+            survivors.append((cand_key, text, parent_ids, index))
+
+    scores: dict[str, int | None] = {}
+    if config.judge_threshold > 0 and survivors:
+        scores = _judge(state, templates, teacher, round_index, [(k, t) for k, t, _, _ in survivors])
+    accepted_now: list[PromptRecord] = []
+    surplus = 0
+    for cand_key, text, parent_ids, index in survivors:
+        state.near.remove(cand_key)
+        reason = None
+        if config.judge_threshold > 0:
+            score = scores.get(cand_key)
+            if score is None:
+                reason = "judge_unparseable"
+            elif score < config.judge_threshold:
+                reason = "judge_below_threshold"
+        if reason is not None:
+            counts[reason] += 1
+            rejected.append({"round": round_index, "reason": reason, "detail": f"score={scores.get(cand_key)}", "text": text, "parents": parent_ids})
+            continue
+        if len(state.accepted) >= config.num_prompts:
+            surplus += 1
+            continue
+        messages = ({"role": "user", "content": text},)
+        origin: dict[str, Any] = {"source": "synthetic", "round": round_index, "parents": parent_ids, "request": index}
+        if config.judge_threshold > 0:
+            origin["judge_score"] = scores[cand_key]
+        record = PromptRecord(id=prompt_hash(messages), messages=messages, origin=origin)
+        state.add_accepted(record)
+        accepted_now.append(record)
+    return {
+        "round": round_index,
+        "requests": len(requests),
+        "candidates": num_candidates,
+        "accepted": [record_to_json(r) for r in accepted_now],
+        "rejected": rejected,
+        "counts": dict(sorted(counts.items())),
+        "surplus": surplus,
+    }
+
+
+def _apply_round(state: _State, data: dict[str, Any], replay: bool) -> None:
+    """Fold a finished round into the running totals (``replay``: loaded from disk on resume)."""
+    if replay:
+        for row in data["accepted"]:
+            state.add_accepted(record_from_json(row))
+    state.rounds_done = data["round"]
+    state.requests += data["requests"]
+    state.candidates += data["candidates"]
+    state.surplus += data["surplus"]
+    state.counts.update(data["counts"])
+    state.rejected.extend(data["rejected"])
+
+
+def run_fingerprint(config: AugmentConfig, templates: Templates, teacher: Any, seeds: Sequence[PromptRecord], suite_sha: str | None) -> str:
+    """Hash of everything that decides which prompts a run accepts (not paths, not the round budget)."""
+    relevant = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("teacher", "prompts", "out", "backend", "max_rounds", "progress", "decontaminate")}
+    payload = {
+        "version": AUGMENT_FORMAT_VERSION,
+        "config": relevant,
+        "templates": dataclasses.asdict(templates),
+        "teacher": teacher.fingerprint(),
+        "seeds": [[s.id, prompt_hash(s.messages)] for s in seeds],
+        "suite_sha256": suite_sha,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def augment_prompts(
+    teacher: Any,
+    seeds: Sequence[PromptRecord],
+    config: AugmentConfig,
+    *,
+    recipe: dict[str, Any] | None = None,
+    work_dir: str | Path | None = None,
+) -> AugmentResult:
+    """Expand ``seeds`` into ``config.num_prompts`` accepted synthetic prompts with ``teacher``.
+
+    ``recipe`` is the teacher recipe (its ``augment`` key may override the templates).
+    ``work_dir``: where round files go (``work_dir/rounds``); a re-run with the same inputs
+    resumes after the last finished round. Without it, nothing is written.
+    """
+    wall_start = time.perf_counter()
+    seeds = list(seeds)
+    if not seeds:
+        raise ConfigError("--prompts: no seed prompts to augment")
+    if len(seeds) < config.few_shot:
+        raise ConfigError(f"--few-shot: {config.few_shot} examples per request but only {len(seeds)} seed prompt(s); lower --few-shot or add seeds")
+    templates = resolve_templates(config, recipe)
+    prompt_limit = teacher.max_context - config.max_new_tokens
+    if config.max_prompt_tokens:
+        prompt_limit = min(prompt_limit, config.max_prompt_tokens)
+    if prompt_limit < 1:
+        raise ConfigError(f"--max-new-tokens: {config.max_new_tokens} leaves no room for a prompt in the teacher's context of {teacher.max_context} tokens")
+    if teacher.max_context - config.generation_max_tokens < 16:
+        raise ConfigError(f"generation_max_tokens: {config.generation_max_tokens} leaves no room for the meta-prompt in the teacher's context of {teacher.max_context} tokens")
+
+    contamination, suite_info, suite_sha = None, None, None
+    if config.decontaminate:
+        from distill.decontaminate import load_suite_index
+
+        contamination, files, num_suite = load_suite_index(config.decontaminate, config.decontaminate_ngram)
+        suite_sha = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
+        suite_info = {
+            "suite": config.decontaminate,
+            "files": [str(p) for p in files],
+            "ngram": config.decontaminate_ngram,
+            "suite_prompts": num_suite,
+            "seeds_overlapping": sum(1 for s in seeds if contamination.match(s.prompt) is not None),
+        }
+        if suite_info["seeds_overlapping"]:
+            print(f"warning: {suite_info['seeds_overlapping']} seed prompt(s) share a {config.decontaminate_ngram}-gram with suite {config.decontaminate}", file=sys.stderr)
+
+    state = _State(config, seeds, templates, teacher)
+    fingerprint = run_fingerprint(config, templates, teacher, seeds, suite_sha)
+    rounds_dir = Path(work_dir) / "rounds" if work_dir is not None else None
+    resumed_rounds = 0
+    if rounds_dir is not None and rounds_dir.is_dir():
+        index = 1
+        while (rounds_dir / f"round-{index:05d}.json").is_file():
+            path = rounds_dir / f"round-{index:05d}.json"
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("fingerprint") != fingerprint:
+                raise ConfigError(
+                    f"{path}: this augmentation directory was made with different inputs or settings "
+                    "(teacher, seeds, templates, suite or flags); use a new --out or delete it"
+                )
+            _apply_round(state, data, replay=True)
+            index += 1
+        resumed_rounds = state.rounds_done
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.num_prompts, initial=len(state.accepted), desc="augment", unit="prompt", disable=not config.progress)
+    try:
+        while len(state.accepted) < config.num_prompts and state.rounds_done < config.max_rounds:
+            round_index = state.rounds_done + 1
+            before = len(state.accepted)
+            data = _run_round(state, templates, teacher, round_index, prompt_limit, contamination)
+            data["fingerprint"] = fingerprint
+            _apply_round(state, data, replay=False)
+            if rounds_dir is not None:
+                atomic_write_text(rounds_dir / f"round-{round_index:05d}.json", json.dumps(data, ensure_ascii=False))
+            bar.update(len(state.accepted) - before)
+            bar.set_postfix(round=round_index, rejected=sum(state.counts.values()))
+    finally:
+        bar.close()
+
+    from distill.dedup import diversity
+
+    total_s = time.perf_counter() - wall_start
+    teacher_s = state.timing["teacher_generate_s"] + state.timing["judge_s"]
+    stats = {
+        "seeds": len(seeds),
+        "target": config.num_prompts,
+        "accepted": len(state.accepted),
+        "rejected": {reason: state.counts.get(reason, 0) for reason in REJECT_REASONS},
+        "rejected_total": sum(state.counts.values()),
+        "surplus": state.surplus,
+        "candidates": state.candidates,
+        "requests": state.requests,
+        "skipped_requests": state.skipped_requests,
+        "rounds": state.rounds_done,
+        "resumed_rounds": resumed_rounds,
+        "stopped": "target_reached" if len(state.accepted) >= config.num_prompts else "round_budget_spent",
+        "accepted_per_request": round(len(state.accepted) / state.requests, 4) if state.requests else 0.0,
+        "judge_threshold": config.judge_threshold,
+        "near_dup": {"shingle": config.shingle, "size": config.shingle_size, "threshold": config.near_dup_threshold, "num_perm": config.num_perm},
+        "decontamination": suite_info,
+        "diversity": diversity([r.prompt for r in state.accepted]),
+        # Times of this process only (a resumed run does not know the earlier processes' times).
+        "timing_s": {
+            "teacher_generate": round(state.timing["teacher_generate_s"], 4),
+            "judge": round(state.timing["judge_s"], 4),
+            "bookkeeping": round(total_s - teacher_s, 4),
+            "total": round(total_s, 4),
+        },
+        "fingerprint": fingerprint,
+    }
+    return AugmentResult(records=list(state.accepted), stats=stats, rejected=state.rejected)
+
+
+# ---------------------------------------------------------------------------------------------
+# the standalone command
+
+
+def read_seeds(path: str) -> list[PromptRecord]:
+    """Seed prompts from ``path`` via the shared ingestion (errors name file and line)."""
+    from distill.ingest import read_prompts
+
+    return list(read_prompts(path))
+
+
+def write_outputs(out_dir: Path, result: AugmentResult, manifest_extra: dict[str, Any]) -> dict[str, Any]:
+    """prompts.jsonl (readable by ``distill generate --prompts``), rejected.jsonl, then augment.json last."""
+    lines = []
+    for record in result.records:
+        row: dict[str, Any] = {"id": record.id, "prompt": record.prompt, "origin": record.origin}
+        lines.append(json.dumps(row, ensure_ascii=False))
+    prompts_text = "".join(line + "\n" for line in lines)
+    atomic_write_text(out_dir / "prompts.jsonl", prompts_text)
+    atomic_write_text(out_dir / "rejected.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.rejected))
+    manifest = {
+        "kind": "distill-augment",
+        "format_version": AUGMENT_FORMAT_VERSION,
+        **manifest_extra,
+        "files": {"prompts.jsonl": {"rows": len(lines), "sha256": hashlib.sha256(prompts_text.encode("utf-8")).hexdigest()}},
+        "augmentation": result.stats,
+    }
+    atomic_write_text(out_dir / "augment.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return manifest
+
+
+def summary_lines(stats: dict[str, Any]) -> list[str]:
+    """A readable summary of an augmentation run."""
+    stopped = "target reached" if stats["stopped"] == "target_reached" else f"round budget spent after {stats['rounds']} rounds"
+    lines = [
+        f"augmentation: {stats['accepted']}/{stats['target']} prompts accepted from {stats['seeds']} seeds ({stopped})",
+        f"  rounds {stats['rounds']}, requests {stats['requests']}, candidates {stats['candidates']}, accepted per request {stats['accepted_per_request']}",
+    ]
+    rejected = {k: v for k, v in stats["rejected"].items() if v}
+    if rejected:
+        lines.append("  rejected: " + ", ".join(f"{k} {v}" for k, v in rejected.items()))
+    div = stats["diversity"]
+    lines.append(f"  distinct-1/2/3: {div['distinct_1']:.3f} / {div['distinct_2']:.3f} / {div['distinct_3']:.3f}, mean length {div['mean_length_words']} words")
+    t = stats["timing_s"]
+    if t["total"] > 0:
+        lines.append(f"  time: {t['total']:.1f}s, teacher {100 * (t['teacher_generate'] + t['judge']) / t['total']:.1f}%")
+    return lines
+
+
+def run(config: AugmentConfig) -> dict[str, Any]:
+    """``distill augment``: seeds -> ``out/prompts.jsonl`` + ``out/augment.json``. Returns the manifest."""
+    from distill.teachers import load_teacher, teacher_recipe
+
+    for name in ("teacher", "prompts", "out"):
+        if not getattr(config, name):
+            raise ConfigError(f"--{name} is required")
+    out_dir = Path(config.out)
+    seeds = read_seeds(config.prompts)
+    recipe = teacher_recipe(config.teacher)
+    resolve_templates(config, recipe)  # template errors before the teacher loads
+    teacher = load_teacher(config.teacher, backend=config.backend)
+    try:
+        manifest_path = out_dir / "augment.json"
+        if manifest_path.is_file():
+            done = json.loads(manifest_path.read_text(encoding="utf-8"))
+            templates = resolve_templates(config, recipe)
+            suite_sha = None
+            if config.decontaminate:
+                from distill.decontaminate import resolve_suite
+
+                suite_sha = hashlib.sha256(b"".join(p.read_bytes() for p in resolve_suite(config.decontaminate))).hexdigest()
+            stats = done.get("augmentation", {})
+            finished = stats.get("stopped") == "target_reached" or stats.get("rounds", 0) >= config.max_rounds
+            if finished and stats.get("fingerprint") == run_fingerprint(config, templates, teacher, seeds, suite_sha):
+                print(f"{out_dir}: augmentation already complete ({done['augmentation']['accepted']} prompts); nothing to do")
+                return done
+        result = augment_prompts(teacher, seeds, config, recipe=recipe, work_dir=out_dir)
+        extra = {
+            "teacher": teacher.fingerprint(),
+            "seeds_file": str(config.prompts),
+            "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "progress"},
+        }
+        manifest = write_outputs(out_dir, result, extra)
+    finally:
+        teacher.close()
+    for line in summary_lines(result.stats):
+        print(line)
+    print(f"wrote {out_dir / 'prompts.jsonl'} ({result.stats['accepted']} prompts) and {out_dir / 'augment.json'}")
+    return manifest
