@@ -1,0 +1,93 @@
+"""A fake teacher implementing the Teacher protocol with planted outputs, for augmentation tests.
+
+``responder(prompt_text, request, params) -> str | (str, finish_reason)`` decides what the
+teacher "writes". Outputs are yielded in reverse request order, as a backend may do, so the
+tests also check that augmentation never depends on the order outputs arrive in.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from distill.teachers.base import GenerationRequest, SamplingParams, TeacherOutput
+
+
+class FakeTeacher:
+    backend = "fake"
+
+    def __init__(self, tokenizer: Any, responder: Callable[..., Any], max_context: int = 4096, name: str = "fake"):
+        self.tokenizer = tokenizer
+        self.max_context = max_context
+        self.responder = responder
+        self.name = name
+        self.calls: list[tuple[int, SamplingParams]] = []
+        self.generated_requests = 0
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"model": self.name, "backend": self.backend}
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> Iterator[TeacherOutput]:
+        assert params.top_k_logprobs == 0, "augmentation must not ask for log-probs"
+        self.calls.append((len(requests), params))
+        for request in reversed(list(requests)):
+            assert len(request.prompt_ids) + params.max_new_tokens <= self.max_context
+            prompt_text = self.tokenizer.decode(list(request.prompt_ids), skip_special_tokens=True)
+            result = self.responder(prompt_text, request, params)
+            text, finish = result if isinstance(result, tuple) else (result, "stop")
+            self.generated_requests += 1
+            ids = np.asarray(self.tokenizer(text, add_special_tokens=False)["input_ids"] or [0], dtype=np.int32)
+            yield TeacherOutput(
+                key=request.key, prompt_ids=np.asarray(request.prompt_ids, dtype=np.int32), response_ids=ids,
+                topk_ids=None, topk_logprobs=None, sampled_logprobs=None, finish_reason=finish, text=text,
+            )
+
+    def score(self, requests, top_k):  # pragma: no cover - not used by augmentation
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+NAMES = ["Ada", "Bo", "Cy", "Di", "Eli", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kai", "Lu", "Max", "Ned", "Oz", "Pia"]
+THINGS = ["apples", "stamps", "marbles", "books", "coins", "shells", "pens", "cards", "kites", "beads"]
+VERBS = ["buys", "finds", "loses", "gives away", "sells", "receives", "trades", "collects"]
+TAILS = [
+    "How many {t} does {a} have now?",
+    "What is the total number of {t} they own together?",
+    "How many more {t} does {a} have than {b}?",
+    "If {b} doubles the pile, how many {t} are there in all?",
+]
+
+
+def random_prompt(rng: random.Random) -> str:
+    """A templated word problem: prompts like these differ in names, numbers and wording."""
+    a, b = rng.sample(NAMES, 2)
+    t = rng.choice(THINGS)
+    text = (
+        f"{a} has {rng.randint(2, 99)} {t} and {b} has {rng.randint(2, 99)}. "
+        f"{a} {rng.choice(VERBS)} {rng.randint(1, 20)} {t} on {rng.choice(['Monday', 'Friday', 'the weekend'])}. "
+        + rng.choice(TAILS).format(a=a, b=b, t=t)
+    )
+    return text
+
+
+def random_responder(per_request: int = 3) -> Callable[..., str]:
+    """Writes ``per_request`` templated prompts, drawn with the request's own seed; judge requests
+    get a score derived from the prompt text."""
+
+    def respond(prompt_text: str, request: GenerationRequest, params: SamplingParams) -> str:
+        rng = random.Random(request.seed)
+        if "Reply with the score only" in prompt_text:
+            return str(1 + len(prompt_text) % 5)
+        return "\n\n".join("Prompt: " + random_prompt(rng) for _ in range(per_request))
+
+    return respond
+
+
+def examples_in(prompt_text: str) -> list[str]:
+    """The few-shot examples rendered into a meta-prompt."""
+    return re.findall(r"^Prompt: (.*)$", prompt_text, flags=re.MULTILINE)

@@ -1,0 +1,392 @@
+"""Prompt augmentation: planted inputs for every filter, dedup, decontamination, the judge,
+determinism, resume by round, and bad input. The teacher is a fake implementing the protocol."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from distill.augment import (
+    DEFAULT_META_PROMPT,
+    REJECT_REASONS,
+    AugmentConfig,
+    augment_prompts,
+    broken_format,
+    is_refusal,
+    parse_judge_score,
+    parse_prompts,
+    resolve_templates,
+)
+from distill.config import ConfigError
+from distill.prompts import PromptRecord, encode_prompt, prompt_hash
+from tests.augment.fake_teacher import FakeTeacher, examples_in, random_responder
+
+SEED_TEXTS = [
+    "Plan a three day trip to Lisbon for two people on a small budget, with one museum per day.",
+    "Write a haiku about autumn leaves falling on a quiet river.",
+    "Explain how a bicycle gear system trades speed for force when climbing a hill.",
+    "Summarize the causes of the French Revolution in five bullet points for a history class.",
+]
+SUITE_PROMPT = "Tom has 12 red apples and 7 green apples in his basket at the market today. How many apples does Tom have?"
+
+
+def make_seeds(texts=SEED_TEXTS) -> list[PromptRecord]:
+    out = []
+    for i, text in enumerate(texts):
+        messages = ({"role": "user", "content": text},)
+        out.append(PromptRecord(id=f"seed-{i}", messages=messages, origin={"source": "seed", "line": i + 1}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+def cfg(**kw) -> AugmentConfig:
+    kw.setdefault("progress", False)
+    return AugmentConfig(**kw)
+
+
+# --------------------------------------------------------------------------------------------
+# parsing
+
+
+def test_parse_prompts_formats():
+    out = "Sure! Here you go.\nPrompt: What is 3+4?\n\n**Prompt 2:** Name a red fruit.\n### New prompt 3\nLine one\nline two\nPrompt:\n"
+    assert parse_prompts(out) == ["What is 3+4?", "Name a red fruit.", "Line one\nline two", ""]
+    assert parse_prompts("1. Add 3 and 4.\n2) Name three colors\nplease") == ["Add 3 and 4.", "Name three colors\nplease"]
+    # A numbered list inside a single prompt is not split when "Prompt:" markers are present.
+    assert parse_prompts("Prompt: Do this:\n1. mix\n2. bake") == ["Do this:\n1. mix\n2. bake"]
+    assert parse_prompts('  "Tell me   a joke."  ') == ["Tell me a joke."]
+    assert parse_prompts("Prompt engineering is fun. Explain why.") == ["Prompt engineering is fun. Explain why."]
+
+
+def test_junk_detectors():
+    assert is_refusal("I'm sorry, but I can't help with that.")
+    assert is_refusal("As an AI language model, I cannot write this.")
+    assert not is_refusal("Sorting algorithms: explain merge sort to a beginner.")
+    assert broken_format("Describe <|im_start|> tokens") == "special token in text"
+    assert broken_format("bad \ufffd byte") is not None
+    assert broken_format("```python\nprint(1)") == "unclosed code fence"
+    assert broken_format("```python\nprint(1)\n```\nWhat does this print?") is None
+    assert parse_judge_score("Score: 4") == 4 and parse_judge_score("10/10") is None and parse_judge_score("n/a") is None
+
+
+# --------------------------------------------------------------------------------------------
+# every filter, planted
+
+
+PLANTED = [
+    ("", "empty"),
+    ("Describe the <|im_start|> tokens of a chat model.", "broken_format"),
+    ("Hi there", "too_short"),
+    ("I'm sorry, but I cannot write new prompts for this.", "refusal"),
+    ("Write 3 new prompts of the same kind. Each new prompt must be self-contained.", "meta_prompt_echo"),
+    ("Here are 3 new prompts for you about travel and cooking", "meta_prompt_echo"),
+    ("Write a haiku about autumn leaves falling on a quiet river.", "seed_copy"),
+    ("Please help: write a haiku about autumn leaves falling on a quiet river. Thanks!", "seed_copy"),
+    ("Compose a limerick about a cat who learns to play the piano at midnight.", None),
+    ("COMPOSE a limerick about a cat who learns to   play the piano at midnight.", "exact_duplicate"),
+    ("Describe " + " ".join(f"item{i}" for i in range(150)) + ".", "too_long"),
+    ("Explain how a bicycle gear system trades speed for force when climbing a steep hill.", "near_duplicate"),
+    ("Compose a limerick about a cat who learns to play the piano at midnight today.", "near_duplicate"),
+    ("Here is a puzzle: Tom has 12 red apples and 7 green apples in his basket at the market today. What fraction is red?", "contaminated"),
+    ("Describe the water cycle to a ten year old using a story about a raindrop.", None),
+    ("Ada has 12 apples and Bo has 30. Ada buys 5 apples on Monday. How many apples does Ada have now?", None),
+    ("Cy has 47 apples and Di has 8. Cy buys 13 apples on Monday. How many apples does Cy have now?", None),
+    ("Tell me about the history of", "truncated"),
+]
+
+
+def test_every_filter_planted(tokenizer, tmp_path):
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text(json.dumps({"prompt": SUITE_PROMPT, "reference": "19"}) + "\n")
+    output = "\n".join("Prompt: " + text for text, _ in PLANTED)
+    teacher = FakeTeacher(tokenizer, lambda *_: (output, "length"))
+    config = cfg(num_prompts=100, few_shot=2, requests_per_round=1, max_rounds=1, max_prompt_tokens=120, decontaminate=str(suite))
+    result = augment_prompts(teacher, make_seeds(), config)
+
+    expected = {reason: 0 for reason in REJECT_REASONS}
+    for _, reason in PLANTED:
+        if reason:
+            expected[reason] += 1
+    assert result.stats["rejected"] == expected
+    kept = [text for text, reason in PLANTED if reason is None]
+    assert [r.prompt for r in result.records] == kept
+    assert result.stats["accepted"] == len(kept) and result.stats["candidates"] == len(PLANTED)
+    assert result.stats["stopped"] == "round_budget_spent"
+    by_text = {r["text"]: r["reason"] for r in result.rejected}
+    assert by_text[PLANTED[11][0]] == "near_duplicate"
+    assert all(call[1].top_k_logprobs == 0 for call in teacher.calls)
+    for record in result.records:
+        assert record.origin["source"] == "synthetic" and record.origin["round"] == 1
+        assert len(record.origin["parents"]) == 2 and set(record.origin["parents"]) <= {s.id for s in make_seeds()}
+        assert record.id == prompt_hash(record.messages)
+
+
+def test_too_long_leaves_room_for_response_tokens(tokenizer):
+    seeds = make_seeds()
+    long_prompt = "Describe " + " ".join(f"thing number {i}" for i in range(40))
+    short_prompt = "Describe a sunset over the harbour in three sentences."
+    teacher = FakeTeacher(tokenizer, lambda *_: f"Prompt: {long_prompt}\nPrompt: {short_prompt}", max_context=700)
+    num_long = len(encode_prompt(tokenizer, [{"role": "user", "content": long_prompt}]))
+    # The long prompt fits the context alone but not with the reserved response budget.
+    assert num_long < 700 and num_long + 650 > 700
+    config = cfg(num_prompts=10, few_shot=1, requests_per_round=1, max_rounds=1, max_new_tokens=650, generation_max_tokens=200)
+    result = augment_prompts(teacher, seeds, config)
+    assert [r.prompt for r in result.records] == [short_prompt]
+    assert result.stats["rejected"]["too_long"] == 1
+
+
+# --------------------------------------------------------------------------------------------
+# dedup
+
+
+def test_near_duplicate_index_catches_planted_and_keeps_distinct():
+    from distill.dedup import NearDuplicateIndex, near_duplicate_pairs
+
+    base = [
+        "Write a short story about a lighthouse keeper who finds a message in a bottle during a winter storm.",
+        "List five practical tips for keeping houseplants alive in a dark apartment during the winter months.",
+        "Explain the difference between a stack and a queue, with one everyday example of each structure.",
+    ]
+    near = [
+        "Write a short story about a lighthouse keeper who finds a message in a bottle during a summer storm.",
+        "Please list five practical tips for keeping houseplants alive in a dark apartment during the winter months.",
+        "Explain the difference between a stack and a queue, with one everyday example of each data structure.",
+    ]
+    distinct = [
+        "Write a short story about a baker who wins a village contest with a strange cake.",
+        "Give me three tips for a first marathon.",
+        "Explain the difference between TCP and UDP for a video call application.",
+    ]
+    index = NearDuplicateIndex(0.7)
+    for i, text in enumerate(base):
+        index.add(f"b{i}", text)
+    for i, text in enumerate(near):
+        match = index.query(text)
+        assert match is not None and match[0] == f"b{i}" and match[1] >= 0.7
+    for text in distinct:
+        assert index.query(text) is None
+    index.remove("b0")
+    assert index.query(near[0]) is None
+    # The brute-force check agrees: 3 planted pairs, nothing else.
+    assert near_duplicate_pairs(base + near + distinct) == 3
+
+
+def test_dedup_across_rounds_and_against_seeds(tokenizer):
+    seeds = make_seeds()
+    first = "Describe a rainy afternoon in a busy train station from the point of view of a pigeon."
+    # Round 1 accepts `first`; round 2 re-writes it (exact and near) and a seed paraphrase.
+    outputs = {
+        1: f"Prompt: {first}",
+        2: "\n".join([
+            "Prompt: " + first.upper(),
+            "Prompt: Describe a rainy afternoon in a busy train station from the point of view of an old pigeon.",
+            "Prompt: Plan a three day trip to Lisbon for two people on a small budget, with one museum each day.",
+            "Prompt: Suggest a name for a bakery that sells only sourdough bread and rye rolls.",
+        ]),
+    }
+    teacher = FakeTeacher(tokenizer, lambda _t, req, _p: outputs[int(req.key.split("-r")[1].split("-")[0])])
+    result = augment_prompts(teacher, seeds, cfg(num_prompts=10, few_shot=2, requests_per_round=1, max_rounds=2))
+    assert [r.prompt for r in result.records] == [first, "Suggest a name for a bakery that sells only sourdough bread and rye rolls."]
+    assert result.stats["rejected"]["exact_duplicate"] == 1 and result.stats["rejected"]["near_duplicate"] == 2
+    assert [r.origin["round"] for r in result.records] == [1, 2]
+
+
+# --------------------------------------------------------------------------------------------
+# decontamination
+
+
+def test_decontamination_ngram_boundary(tmp_path, monkeypatch):
+    from distill.decontaminate import NgramIndex, load_suite_index, resolve_suite
+
+    index = NgramIndex([SUITE_PROMPT, "Name two rivers."], n=13)
+    words13 = "tom has 12 red apples and 7 green apples in his basket at"
+    assert index.match(f"Story time: {words13} noon.") is not None
+    words12 = "Tom has 12 red apples and 7 green apples in his basket"
+    assert index.match(f"Story time: {words12} noon.") is None
+    # Punctuation and case do not hide an overlap.
+    assert index.match("TOM has 12 red-apples and 7 green apples, in his basket at the market") is not None
+    # A suite prompt shorter than n words contaminates a text containing all of it.
+    assert index.match("Please name two rivers in Spain.") is not None
+    assert NgramIndex([SUITE_PROMPT], n=5).match("red apples and 7 green") is not None
+
+    # Suites by name from the shipped eval/ folder, by file, by folder; unknown names fail clearly.
+    shipped = tmp_path / "eval"
+    (shipped / "mysuite").mkdir(parents=True)
+    (shipped / "mysuite" / "a.jsonl").write_text(json.dumps({"prompt": SUITE_PROMPT}) + "\n\n")
+    (shipped / "other.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "Name two rivers."}]}) + "\n")
+    monkeypatch.setattr("distill.recipes.shipped_dir", lambda folder: shipped)
+    assert resolve_suite("mysuite") == [shipped / "mysuite" / "a.jsonl"]
+    assert resolve_suite("other") == [shipped / "other.jsonl"]
+    _, files, count = load_suite_index(str(shipped / "other.jsonl"))
+    assert count == 1 and files == [shipped / "other.jsonl"]
+    with pytest.raises(ConfigError, match=r"unknown suite 'nope'.*mysuite, other"):
+        resolve_suite("nope")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "ok"}) + "\n{not json\n")
+    with pytest.raises(ConfigError, match=r"bad.jsonl:2: invalid JSON"):
+        load_suite_index(str(bad))
+    nofield = tmp_path / "nofield.jsonl"
+    nofield.write_text(json.dumps({"question": "x"}) + "\n")
+    with pytest.raises(ConfigError, match=r"nofield.jsonl:1: .*'prompt'"):
+        load_suite_index(str(nofield))
+
+
+def test_unknown_suite_is_a_clear_error(tokenizer):
+    teacher = FakeTeacher(tokenizer, random_responder())
+    with pytest.raises(ConfigError, match=r"--decontaminate: unknown suite 'no-such-suite'"):
+        augment_prompts(teacher, make_seeds(), cfg(num_prompts=5, decontaminate="no-such-suite"))
+    assert teacher.calls == []
+
+
+# --------------------------------------------------------------------------------------------
+# judge
+
+
+def test_judge_keeps_prompts_at_or_above_threshold(tokenizer):
+    good = "Explain photosynthesis to a curious seven year old, excellent detail please."
+    fine = "Write a four line poem about a lost umbrella on a windy day."
+    poor = "Describe something about stuff and things in general, poor request."
+    garbled = "Garbled words tumble here without any clear question in them at all."
+
+    def respond(prompt_text, request, params):
+        if "Reply with the score only" in prompt_text:
+            assert params.temperature == 0 and params.max_new_tokens == 8
+            assert "RUBRIC-MARKER" in prompt_text
+            if "photosynthesis" in prompt_text:
+                return "5"
+            if "umbrella" in prompt_text:
+                return "Score: 4"
+            if "stuff and things" in prompt_text:
+                return "2"
+            return "I cannot say."
+        return "\n".join(f"Prompt: {t}" for t in (good, fine, poor, garbled))
+
+    teacher = FakeTeacher(tokenizer, respond)
+    recipe = {"recipe_path": "teachers/x.yaml", "augment": {"judge_rubric": "RUBRIC-MARKER: be strict."}}
+    config = cfg(num_prompts=10, few_shot=1, requests_per_round=1, max_rounds=1, judge_threshold=4)
+    result = augment_prompts(teacher, make_seeds(), config, recipe=recipe)
+    assert [r.prompt for r in result.records] == [good, fine]
+    assert [r.origin["judge_score"] for r in result.records] == [5, 4]
+    assert result.stats["rejected"]["judge_below_threshold"] == 1 and result.stats["rejected"]["judge_unparseable"] == 1
+    assert result.stats["timing_s"]["judge"] > 0
+
+
+# --------------------------------------------------------------------------------------------
+# determinism, lineage, resume
+
+
+def _summary(result):
+    return [(r.id, r.prompt, json.dumps(r.origin, sort_keys=True)) for r in result.records], result.stats["rejected"]
+
+
+def test_deterministic_under_seed_and_lineage(tokenizer):
+    seeds = make_seeds()
+    config = cfg(num_prompts=40, few_shot=2, synthetic_fraction=0.5, requests_per_round=4, seed=7)
+    first = augment_prompts(FakeTeacher(tokenizer, random_responder()), seeds, config)
+    second = augment_prompts(FakeTeacher(tokenizer, random_responder()), seeds, config)
+    assert _summary(first) == _summary(second)
+    assert first.stats["accepted"] == 40 and first.stats["stopped"] == "target_reached"
+    other = augment_prompts(FakeTeacher(tokenizer, random_responder()), seeds, cfg(**{**config.__dict__, "seed": 8}))
+    assert _summary(other)[0] != _summary(first)[0]
+
+    # Lineage: parents are the examples shown; later rounds mix in accepted synthetic prompts.
+    ids = {r.id for r in first.records}
+    seed_ids = {s.id for s in seeds}
+    for record in first.records:
+        parents = record.origin["parents"]
+        assert len(parents) == 2 and set(parents) <= seed_ids | ids
+    assert any(set(r.origin["parents"]) & ids for r in first.records if r.origin["round"] > 1)
+    assert all(set(r.origin["parents"]) <= seed_ids for r in first.records if r.origin["round"] == 1)
+    # The examples really come from the chosen records (few-shot draw is what lineage says).
+    teacher = FakeTeacher(tokenizer, random_responder())
+    seen = []
+    orig = teacher.responder
+    teacher.responder = lambda text, req, p: seen.append(examples_in(text)) or orig(text, req, p)
+    augment_prompts(teacher, seeds, cfg(num_prompts=3, few_shot=3, requests_per_round=1, max_rounds=1))
+    assert len(seen[0]) == 3 and set(seen[0]) <= set(SEED_TEXTS)
+
+
+def test_resume_by_round_equals_uninterrupted(tokenizer, tmp_path):
+    seeds = make_seeds()
+    config = cfg(num_prompts=30, few_shot=2, synthetic_fraction=0.5, requests_per_round=3, seed=3)
+    reference = augment_prompts(FakeTeacher(tokenizer, random_responder()), seeds, config)
+    assert reference.stats["rounds"] >= 3
+
+    base = random_responder()
+
+    def crash_in_round_3(text, request, params):
+        if request.key.startswith("augment-r3-"):
+            raise RuntimeError("killed")
+        return base(text, request, params)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        augment_prompts(FakeTeacher(tokenizer, crash_in_round_3), seeds, config, work_dir=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "rounds").iterdir()) == ["round-00001.json", "round-00002.json"]
+
+    teacher = FakeTeacher(tokenizer, random_responder())
+    resumed = augment_prompts(teacher, seeds, config, work_dir=tmp_path)
+    assert _summary(resumed) == _summary(reference)
+    assert resumed.stats["resumed_rounds"] == 2
+    assert teacher.generated_requests == 3 * (reference.stats["rounds"] - 2)
+    # Nothing left to do: a re-run generates nothing and returns the same prompts.
+    again = FakeTeacher(tokenizer, random_responder())
+    assert _summary(augment_prompts(again, seeds, config, work_dir=tmp_path)) == _summary(reference)
+    assert again.generated_requests == 0
+
+    with pytest.raises(ConfigError, match=r"round-00001.json: .*different inputs or settings"):
+        augment_prompts(FakeTeacher(tokenizer, random_responder()), seeds, cfg(**{**config.__dict__, "near_dup_threshold": 0.8}), work_dir=tmp_path)
+
+
+def test_round_budget_spent_is_reported(tokenizer):
+    teacher = FakeTeacher(tokenizer, lambda *_: "I'm sorry, I cannot do that.")
+    result = augment_prompts(teacher, make_seeds(), cfg(num_prompts=5, few_shot=2, requests_per_round=2, max_rounds=3))
+    assert result.stats["stopped"] == "round_budget_spent" and result.stats["rounds"] == 3
+    assert result.stats["accepted"] == 0 and result.stats["rejected"]["refusal"] == 6
+
+
+# --------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_fewer_seeds_than_few_shot(tokenizer):
+    teacher = FakeTeacher(tokenizer, random_responder())
+    with pytest.raises(ConfigError, match=r"--few-shot: 5 examples per request but only 4 seed"):
+        augment_prompts(teacher, make_seeds(), cfg(num_prompts=5, few_shot=5))
+
+
+def test_meta_prompt_placeholders_validated(tokenizer):
+    recipe = {"recipe_path": "teachers/mine.yaml", "augment": {"meta_prompt": "Write {num_new} new prompts please."}}
+    with pytest.raises(ConfigError, match=r"teachers/mine.yaml: augment: meta_prompt: template has no \{examples\} placeholder"):
+        resolve_templates(cfg(), recipe)
+    recipe["augment"]["meta_prompt"] = "Examples: {examples}. Write {count} more."
+    with pytest.raises(ConfigError, match=r"unknown placeholder \{count\}"):
+        resolve_templates(cfg(), recipe)
+    with pytest.raises(ConfigError, match=r"config: judge_prompt: template has no \{prompt\}"):
+        resolve_templates(cfg(judge_prompt="Rate it: {rubric}"))
+    with pytest.raises(ConfigError, match=r"unknown key 'augment.metaprompt'"):
+        resolve_templates(cfg(), {"recipe_path": "r.yaml", "augment": {"metaprompt": "x"}})
+    with pytest.raises(ConfigError, match=r"invalid template"):
+        resolve_templates(cfg(meta_prompt="{examples} and a stray { brace"))
+    # A valid override is used; literal braces are allowed escaped.
+    template = "JSON like {{\"a\": 1}} then:\n{examples}\nMore please."
+    teacher = FakeTeacher(tokenizer, lambda text, *_: f"Prompt: Seen {text.count('JSON like {')} braces in the meta prompt here.")
+    result = augment_prompts(teacher, make_seeds(), cfg(num_prompts=1, few_shot=1, max_rounds=1, meta_prompt=template))
+    assert result.records[0].prompt == "Seen 1 braces in the meta prompt here."
+    assert resolve_templates(cfg()).meta_prompt == DEFAULT_META_PROMPT
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="near_dup_threshold"):
+        AugmentConfig(near_dup_threshold=0)
+    with pytest.raises(ValueError, match="shingle"):
+        AugmentConfig(shingle="sentence")
+    with pytest.raises(ValueError, match="judge_threshold"):
+        AugmentConfig(judge_threshold=6)
