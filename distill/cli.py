@@ -81,3 +81,36 @@ def eval_command(ctx: click.Context, config_path: str | None, **params: Any) -> 
         overrides.pop("models", None)
     report = run(load_config(EvalConfig, config_path, overrides))
     sys.exit(exit_code(report))
+
+
+@main.command("augment")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML file of AugmentConfig keys")
+@click.option("--teacher", help="teacher recipe name, recipe YAML, or local HF model dir")
+@click.option("--prompts", help="seed prompts (JSONL/CSV/Parquet/datasets folder)")
+@click.option("--out", help="output folder: prompts.jsonl, rejected.jsonl, augment.json, rounds/")
+@click.option("-n", "--num-prompts", type=int, help="synthetic prompts to accept  [default: 1000]")
+@click.option("--backend", help="hf, vllm or openai  [default: the recipe's]")
+@click.option("--seed", type=int, help="random seed  [default: 0]")
+@click.option("--max-rounds", type=int, help="round budget  [default: 50]")
+@click.option("--requests-per-round", type=int, help="teacher generations per round, 0 = auto  [default: 0]")
+@click.option("--few-shot", type=int, help="examples per request  [default: 3]")
+@click.option("--synthetic-fraction", type=float, help="share of examples drawn from accepted synthetic prompts  [default: 0.0]")
+@click.option("--prompts-per-request", type=int, help="new prompts asked for per generation  [default: 5]")
+@click.option("--temperature", type=float, help="sampling temperature  [default: 1.0]")
+@click.option("--top-p", type=float, help="nucleus sampling  [default: 0.95]")
+@click.option("--generation-max-tokens", type=int, help="tokens the teacher may write per request  [default: 512]")
+@click.option("--max-new-tokens", type=int, help="response budget to leave in the context (as for generate)  [default: 256]")
+@click.option("--min-words", type=int, help="reject shorter prompts  [default: 3]")
+@click.option("--near-dup-threshold", type=float, help="Jaccard at or above which prompts are near duplicates  [default: 0.7]")
+@click.option("--shingle", type=click.Choice(["word", "char"]), help="near-dup shingle kind  [default: word]")
+@click.option("--shingle-size", type=int, help="words (or chars) per shingle  [default: 3]")
+@click.option("--decontaminate", help="eval suite name in eval/ or JSONL path: no shared n-gram with its prompts")
+@click.option("--decontaminate-ngram", type=int, help="n-gram size in words  [default: 13]")
+@click.option("--judge-threshold", type=float, help="teacher judge: keep prompts scored >= this (1-5); 0 = off  [default: 0]")
+@click.pass_context
+def augment_command(ctx: click.Context, config_path: str | None, **params: Any) -> None:
+    """Write new prompts from a few seeds with the teacher; dedup, filter, decontaminate."""
+    from distill.augment import AugmentConfig, run
+    from distill.config import load_config
+
+    run(load_config(AugmentConfig, config_path, given(ctx, **params)))
