@@ -412,6 +412,7 @@ def generate_greedy(
     gen_config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad,
         num_beams=1, temperature=None, top_p=None, top_k=None,
+        return_dict_in_generate=True, output_logits=capture_top_k > 0,
     )
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i])) if sort_by_length else list(range(len(prompts)))
     results: list[Generation | None] = [None] * len(prompts)
@@ -427,8 +428,7 @@ def generate_greedy(
             attention[row, width - len(ids) :] = 1
         with torch.no_grad():
             out = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=gen_config,
-                return_dict_in_generate=True, output_logits=capture_top_k > 0,
+                input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=gen_config
             )
         new_tokens = out.sequences[:, width:].cpu().tolist()
         logprobs = None
