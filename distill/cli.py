@@ -114,3 +114,101 @@ def augment_command(ctx: click.Context, config_path: str | None, **params: Any) 
     from distill.config import load_config
 
     run(load_config(AugmentConfig, config_path, given(ctx, **params)))
+
+
+@main.command("train")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML file of TrainConfig keys")
+@click.option("--student", help="student recipe name/YAML, HF model dir, config .json (random init), or hub id")
+@click.option("--corpus", multiple=True, help="corpus directory (repeatable: read as one corpus)")
+@click.option("--out", help="output dir: checkpoints/, metrics.jsonl, final/ (and adapter/ with LoRA)")
+@click.option("--tokenizer", help="tokenizer overriding the student's")
+@click.option("--kd-weight", type=float, help="loss = w*KD + (1-w)*CE; 0 = plain SFT  [default: 0.5]")
+@click.option("--divergence", type=click.Choice(["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]), help="[default: forward_kl]")
+@click.option("--kd-temperature", type=float, help="softens both (k+1)-bin distributions, KD x T^2  [default: 1.0]")
+@click.option("--jsd-beta", type=float, help="[default: 0.5]")
+@click.option("--skew-alpha", type=float, help="[default: 0.1]")
+@click.option("--lora/--full", "lora", default=None, help="LoRA adapter or all weights  [default: the recipe's, else full]")
+@click.option("--lora-rank", type=int, help="[default: 16]")
+@click.option("--lora-alpha", type=int, help="[default: 32]")
+@click.option("--lora-dropout", type=float, help="[default: 0.0]")
+@click.option("--lora-targets", help="comma-separated module names  [default: all attention + MLP projections]")
+@click.option("--lr", type=float, help="peak learning rate  [default: 1e-5]")
+@click.option("--schedule", type=click.Choice(["cosine", "linear", "constant"]), help="after warmup  [default: cosine]")
+@click.option("--warmup-steps", type=int, help="[default: 0]")
+@click.option("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
+@click.option("--epochs", type=int, help="[default: 1]")
+@click.option("--tokens-per-batch", type=int, help="padded tokens per micro-batch  [default: 4096]")
+@click.option("--batch-size", type=int, help="rows per micro-batch (instead of --tokens-per-batch)")
+@click.option("--grad-accum", type=int, help="micro-batches per step and rank  [default: 1]")
+@click.option("--max-seq-len", type=int, help="[default: 2048]")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="[default: off]")
+@click.option("--max-grad-norm", type=float, help="clipping, 0 = off  [default: 1.0]")
+@click.option("--seed", type=int, help="[default: 0]")
+@click.option("--deepspeed", help="zero2, zero3 or a DeepSpeed JSON path")
+@click.option("--save-every", type=int, help="checkpoint every N steps  [default: 0 = final only]")
+@click.option("--keep-checkpoints", type=int, help="[default: 2]")
+@click.option("--resume", is_flag=True, default=None, help="continue from the newest complete checkpoint in --out")
+@click.option("--eval-every", type=int, help="held-out eval every N steps  [default: 0]")
+@click.option("--eval-rows", type=int, help="corpus rows held out for eval  [default: 0]")
+@click.option("--tracker", type=click.Choice(["none", "tensorboard", "mlflow"]), help="[default: none]")
+@click.pass_context
+def train_command(ctx: click.Context, config_path: str | None, **params: Any) -> None:
+    """Train a student on a corpus: KD on the teacher's top-k + CE; full or LoRA; DeepSpeed-ready."""
+    from distill.train import load_train_config, run
+
+    overrides = given(ctx, **params)
+    if isinstance(overrides.get("lora_targets"), str):
+        overrides["lora_targets"] = tuple(t.strip() for t in overrides["lora_targets"].split(",") if t.strip())
+    if not overrides.get("corpus"):
+        overrides.pop("corpus", None)
+    run(load_train_config(config_path, overrides))
+
+
+@main.command("generate")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML file of GenerateConfig keys")
+@click.option("--teacher", help="teacher recipe name, recipe YAML, or local HF model directory")
+@click.option("--prompts", help="seed prompts: .jsonl, .csv, .parquet, or a datasets.save_to_disk folder")
+@click.option("--out", help="corpus output directory (resumable)")
+@click.option("--backend", type=click.Choice(["hf", "vllm", "openai"]), help="teacher backend  [default: the recipe's]")
+@click.option("--top-k", type=int, help="teacher log-probs stored per response token  [default: 20]")
+@click.option("--max-new-tokens", type=int, help="response length limit  [default: 256]")
+@click.option("--temperature", type=float, help="sampling temperature, 0 = greedy (stored log-probs stay T=1)  [default: 1.0]")
+@click.option("--top-p", type=float, help="nucleus sampling for the response  [default: 1.0]")
+@click.option("--samples-per-prompt", type=int, help="responses per prompt  [default: 1]")
+@click.option("--seed", type=int, help="base sampling seed  [default: 0]")
+@click.option("--batch-size", type=int, help="prompts per teacher batch  [default: the recipe's, else 8]")
+@click.option("--stop", multiple=True, help="stop string (repeatable)  [default: EOS only]")
+@click.option("--shard", help="i/N: run worker i of N (K8s Indexed Job, SageMaker, Slurm array)  [default: 0/1]")
+@click.option("--rows-per-shard", type=int, help="rows per Parquet shard, the unit of resume  [default: 1024]")
+@click.option("--skip-invalid", is_flag=True, default=None, help="skip invalid seed records, counted in the manifest  [default: fail]")
+@click.option("--progress/--no-progress", default=None, help="progress bar  [default: on]")
+@click.pass_context
+def generate_command(ctx: click.Context, config_path: str | None, **params: Any) -> None:
+    """Teacher answers the prompts; writes a corpus with top-k log-probs (resumable, shardable)."""
+    from distill.config import load_config
+    from distill.corpus import CorpusError
+    from distill.generate import GenerateConfig, run
+
+    overrides = given(ctx, **params)
+    if not overrides.get("stop"):
+        overrides.pop("stop", None)
+    try:
+        run(load_config(GenerateConfig, config_path, overrides))
+    except CorpusError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+@main.command("inspect")
+@click.argument("corpus_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of the summary")
+@click.option("--samples", type=int, default=2, help="decoded sample rows to show")
+@click.option("--verify/--no-verify", default=True, help="check every shard's sha256")
+def inspect_command(corpus_dirs: tuple[str, ...], as_json: bool, samples: int, verify: bool) -> None:
+    """Summarize a corpus (one dir, or several read as one): rows, tokens, k, size, fingerprints."""
+    from distill.corpus import CorpusError
+    from distill.inspect import run
+
+    try:
+        run(list(corpus_dirs), as_json=as_json, samples=samples, verify=verify)
+    except CorpusError as exc:
+        raise ConfigError(str(exc)) from None

@@ -76,6 +76,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: lets errors name the exact setting that differs."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def identity_hash(identity: dict[str, Any]) -> str:
     return hashlib.sha256(dumps(identity).encode("utf-8")).hexdigest()
 
@@ -207,9 +218,12 @@ class CorpusWriter:
             raise CorpusError(f"{run_path}: unreadable run file ({exc}); use a new --out") from None
         if existing.get("identity_sha256") == self.identity_sha256:
             return
-        old = existing.get("identity", {})
-        keys = sorted(k for k in set(old) | set(self.identity) if old.get(k) != self.identity.get(k))
-        details = "; ".join(f"{k}: {old.get(k)!r} -> {self.identity.get(k)!r}" for k in keys[:8])
+        old, new = _flatten(existing.get("identity", {})), _flatten(self.identity)
+        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        # the row list's hash follows from the rest; name it only when it is the sole difference
+        if len(keys) > 1 and "rows_sha256" in keys:
+            keys.remove("rows_sha256")
+        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:8])
         raise CorpusError(
             f"{self.out_dir}: holds a corpus generated with different settings ({details}). "
             "Use a new --out, or the original settings to resume it."

@@ -1,0 +1,297 @@
+"""`distill generate`: seed prompts -> teacher responses with top-k log-probs -> a corpus directory.
+
+The flow, each step in one place:
+
+    seeds = ingest(...)                     distill/ingest.py: file:line errors, --skip-invalid counts
+    prompts = prompts_to_answer(...)        seeds, plus augmented prompts when augmentation is on
+    encode + length check                   distill/prompts.encode_prompt (the one chat-template call)
+    plan rows                               one row per (prompt, sample); stable ids; fixed shards
+    respond shard by shard                  teacher.generate -> CorpusWriter.write_shard (atomic)
+    manifest                                written last (the commit marker)
+
+Resume: shards are whole files renamed into place, so after a crash (even kill -9) the same
+command skips the shards on disk and continues with the first missing one. Sharding: the rows
+are cut into ``ceil(rows / rows_per_shard)`` shards whatever the number of workers; worker i of N
+(``--shard i/N``) writes shards j with j mod N == i and its own manifest, so the union of the
+workers' files is exactly the unsharded corpus (K8s Indexed Job: ``--shard $JOB_COMPLETION_INDEX/N``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from distill.config import ConfigError, field
+from distill.corpus.schema import DEFAULT_LOGPROB_SCALE
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """'i/N' -> (i, N) with 0 <= i < N; errors name the flag."""
+    try:
+        index, count = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/N (e.g. 0/4), got {spec!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {spec}: need 0 <= i < N")
+    return index, count
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Config of ``distill generate`` (YAML keys = these names; flags override)."""
+
+    teacher: str = field("", help="teacher recipe name, recipe YAML, or local HF model directory")
+    prompts: str = field("", help="seed prompts: .jsonl, .csv, .parquet, or a datasets.save_to_disk folder")
+    out: str = field("", help="corpus output directory (resumable; shared by --shard workers)")
+    backend: str | None = field(None, help="teacher backend: hf, vllm or openai (default: the recipe's)")
+    top_k: int = field(20, help="teacher log-probs stored per response token (>= 1)")
+    max_new_tokens: int = field(256, help="response length limit in tokens")
+    temperature: float = field(1.0, help="sampling temperature (0 = greedy); stored log-probs are always temperature 1")
+    top_p: float = field(1.0, help="nucleus sampling threshold for the response (stored log-probs are unwarped)")
+    samples_per_prompt: int = field(1, help="responses sampled per prompt (one corpus row each)")
+    seed: int = field(0, help="base seed: each row's sampling seed derives from it and the row id")
+    batch_size: int | None = field(None, help="prompts per teacher batch (default: the recipe's, else 8)")
+    stop: tuple[str, ...] = field((), help="extra stop strings (EOS always stops)")
+    shard: str = field("0/1", help="i/N: this worker writes every N-th shard of the corpus, starting at i")
+    rows_per_shard: int = field(1024, help="rows per Parquet shard file (the unit of resume)")
+    skip_invalid: bool = field(False, help="skip invalid seed records (counted per reason in the manifest) instead of failing")
+    logprob_scale: int = field(DEFAULT_LOGPROB_SCALE, help="log-prob quantization: codes per nat (error <= 0.5/scale)")
+    progress: bool = field(True, help="show a progress bar")
+    # Prompt augmentation plugs in here: its fields (e.g. ``augment: int`` = number of synthetic
+    # prompts, and the AugmentConfig knobs it forwards) go below, and ``prompts_to_answer`` calls it.
+
+    def __post_init__(self) -> None:
+        for name, flag in (("teacher", "--teacher"), ("prompts", "--prompts"), ("out", "--out")):
+            if not getattr(self, name):
+                raise ValueError(f"{flag} is required")
+        if self.top_k < 1:
+            raise ValueError(f"--top-k must be >= 1 (logit distillation needs the teacher's top-k), got {self.top_k}")
+        if self.top_k > 1000:
+            raise ValueError(f"--top-k must be <= 1000, got {self.top_k}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.samples_per_prompt < 1:
+            raise ValueError(f"--samples-per-prompt must be >= 1, got {self.samples_per_prompt}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.rows_per_shard < 1:
+            raise ValueError(f"--rows-per-shard must be >= 1, got {self.rows_per_shard}")
+        if not 16 <= self.logprob_scale <= 1 << 16:
+            raise ValueError(f"logprob_scale must be in [16, 65536], got {self.logprob_scale}")
+        parse_shard(self.shard)
+
+    def generation_params(self) -> dict[str, Any]:
+        """What determines a response besides teacher and prompt: part of every row id."""
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "top_k": self.top_k, "stop": list(self.stop), "seed": self.seed,
+                "samples_per_prompt": self.samples_per_prompt}
+
+
+def row_id(prompt_key: str, params: dict[str, Any], sample_index: int) -> str:
+    """Stable row id: hash of the normalized prompt (its key), the generation params, the sample."""
+    blob = json.dumps([prompt_key, params, sample_index], sort_keys=True).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def row_seed(base_seed: int, rid: str) -> int:
+    return int(hashlib.sha256(f"{base_seed}:{rid}".encode()).hexdigest()[:15], 16)
+
+
+def prompts_to_answer(config: GenerateConfig, teacher: Any, seeds: list[Any]) -> list[Any]:
+    """THE list of prompts the teacher answers, in a deterministic order.
+
+    Today: the ingested seeds. Prompt augmentation adds its accepted synthetic prompts here
+    (after the seeds, deterministic given config.seed) so every later step is unchanged.
+    """
+    return list(seeds)
+
+
+@dataclass
+class _Planned:
+    rid: str
+    record: Any
+    prompt_ids: tuple[int, ...]
+    sample_index: int
+    seed: int
+
+
+def _encode_and_check(config: GenerateConfig, teacher: Any, records: list[Any], skipped: Counter) -> list[tuple[Any, tuple[int, ...]]]:
+    from distill.ingest import raise_errors
+    from distill.prompts import encode_prompt
+
+    limit = teacher.max_context - config.max_new_tokens
+    if limit < 1:
+        raise ConfigError(f"--max-new-tokens {config.max_new_tokens} leaves no room for a prompt in the "
+                          f"teacher's context of {teacher.max_context} tokens")
+    encoded, errors = [], []
+    for record in records:
+        ids = tuple(encode_prompt(teacher.tokenizer, record.messages))
+        if len(ids) > limit:
+            where = record.origin.get("where") or record.origin.get("file") or record.id
+            errors.append(f"{where}: prompt is {len(ids)} tokens; the teacher's context {teacher.max_context} "
+                          f"minus --max-new-tokens {config.max_new_tokens} leaves {limit}")
+            continue
+        encoded.append((record, ids))
+    if errors:
+        skipped["prompt_too_long"] += len(errors)
+        if not config.skip_invalid:
+            raise_errors(errors, {"prompt_too_long": len(errors)})
+    if not encoded:
+        raise ConfigError(f"--prompts: {config.prompts}: no prompt fits the teacher's context")
+    return encoded
+
+
+def plan_rows(config: GenerateConfig, encoded: list[tuple[Any, tuple[int, ...]]]) -> list[_Planned]:
+    params = config.generation_params()
+    rows = []
+    for record, ids in encoded:
+        for sample in range(config.samples_per_prompt):
+            rid = row_id(record.id, params, sample)
+            rows.append(_Planned(rid, record, ids, sample, row_seed(config.seed, rid)))
+    return rows
+
+
+def _to_row(plan: _Planned, output: Any) -> Any:
+    import numpy as np
+
+    from distill.corpus import CorpusRow
+
+    assert tuple(int(i) for i in output.prompt_ids) == plan.prompt_ids, f"{plan.rid}: teacher changed the prompt ids"
+    return CorpusRow(
+        id=plan.rid, prompt_ids=np.asarray(plan.prompt_ids, dtype=np.int32),
+        response_ids=np.asarray(output.response_ids, dtype=np.int32), topk_ids=output.topk_ids,
+        topk_logprobs=output.topk_logprobs, sampled_logprobs=output.sampled_logprobs,
+        finish_reason=output.finish_reason, prompt_text=plan.record.prompt, response_text=output.text,
+        reference=plan.record.reference, origin=dict(plan.record.origin), messages=list(plan.record.messages),
+        prompt_id=plan.record.id, sample_index=plan.sample_index,
+    )
+
+
+def _shard_stats(writer: Any) -> dict[str, Any]:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    reasons: Counter[str] = Counter()
+    lengths = []
+    for index in writer.my_shards():
+        table = pq.read_table(writer.shard_path(index), columns=["finish_reason", "response_len"])
+        reasons.update(table["finish_reason"].to_pylist())
+        lengths.append(np.asarray(table["response_len"]))
+    lengths_all = np.concatenate(lengths) if lengths else np.zeros(0)
+    return {"finish_reasons": dict(sorted(reasons.items())),
+            "response_len_mean": round(float(lengths_all.mean()), 2) if lengths_all.size else 0.0,
+            "response_len_max": int(lengths_all.max()) if lengths_all.size else 0}
+
+
+def run(config: GenerateConfig) -> dict[str, Any]:
+    """Generate (or resume, or confirm) the corpus described by ``config``; returns the manifest."""
+    from tqdm.auto import tqdm
+
+    from distill.corpus import CorpusWriter
+    from distill.fingerprint import tokenizer_fingerprint
+    from distill.ingest import ingest
+    from distill.teachers import load_teacher
+    from distill.teachers.base import GenerationRequest, SamplingParams
+
+    started = time.perf_counter()
+    worker = parse_shard(config.shard)
+    seeds = ingest(config.prompts, skip_invalid=config.skip_invalid)
+    overrides = {"batch_size": config.batch_size} if config.batch_size is not None else {}
+    teacher = load_teacher(config.teacher, backend=config.backend, **overrides)
+    try:
+        records = prompts_to_answer(config, teacher, seeds.records)
+        skipped = Counter(seeds.skipped)
+        encoded = _encode_and_check(config, teacher, records, skipped)
+        planned = plan_rows(config, encoded)
+        fingerprint = teacher.fingerprint()
+        black_box = bool(fingerprint.get("black_box", False))
+        top_k = 0 if black_box else config.top_k
+        tok_fp = tokenizer_fingerprint(teacher.tokenizer)
+        identity = {
+            "teacher": fingerprint, "tokenizer_fingerprint": tok_fp, "generation": config.generation_params(),
+            "rows": len(planned), "rows_per_shard": config.rows_per_shard,
+            "rows_sha256": hashlib.sha256("\n".join(p.rid for p in planned).encode()).hexdigest(),
+        }
+        num_shards = math.ceil(len(planned) / config.rows_per_shard)
+        writer = CorpusWriter(config.out, identity=identity, num_shards=num_shards, top_k=top_k, worker=worker,
+                              logprob_scale=config.logprob_scale)
+        writer.check_identity()
+        finished = writer.finished_manifest()
+        if finished is not None:
+            print(f"{config.out}: corpus already complete ({finished['rows']} rows, "
+                  f"{finished['response_tokens']} response tokens); nothing to do", file=sys.stderr)
+            return finished
+        writer.start()
+        done = writer.completed_shards()
+        todo = [j for j in writer.my_shards() if j not in done]
+        params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                top_p=config.top_p, top_k_logprobs=top_k, stop=tuple(config.stop))
+        todo_rows = sum(len(planned[j * config.rows_per_shard:(j + 1) * config.rows_per_shard]) for j in todo)
+        if done:
+            print(f"{config.out}: resuming; {len(done)} shard(s) already written, {len(todo)} to go", file=sys.stderr)
+        new_tokens = 0
+        bar = tqdm(total=todo_rows, desc="generate", unit="row", disable=not config.progress)
+        for index in todo:
+            shard_rows = planned[index * config.rows_per_shard:(index + 1) * config.rows_per_shard]
+            requests = [GenerationRequest(key=p.rid, prompt_ids=p.prompt_ids, seed=p.seed) for p in shard_rows]
+            outputs: dict[str, Any] = {}
+            for output in teacher.generate(requests, params):
+                outputs[output.key] = output
+                new_tokens += len(output.response_ids)
+                bar.update(1)
+            missing = [p.rid for p in shard_rows if p.rid not in outputs]
+            if missing:
+                raise RuntimeError(f"teacher returned no output for {len(missing)} request(s), e.g. {missing[0]}")
+            writer.write_shard(index, [_to_row(p, outputs[p.rid]) for p in shard_rows])
+        bar.close()
+        elapsed = time.perf_counter() - started
+        stats = _shard_stats(writer)
+        stats.update({"prompts": len(encoded), "elapsed_s_last_run": round(elapsed, 2),
+                      "new_response_tokens_last_run": new_tokens,
+                      "response_tokens_per_s_last_run": round(new_tokens / elapsed, 2) if elapsed else None})
+        ingest_stats = seeds.stats()
+        ingest_stats["skipped"] = dict(sorted(skipped.items()))
+        manifest = writer.finish(extra={
+            "teacher": fingerprint,
+            "tokenizer_fingerprint": tok_fp,
+            "backend": {"name": teacher.backend, "version": fingerprint.get("backend_version")},
+            "generation": {**config.generation_params(), "top_k": top_k, "backend": teacher.backend},
+            "ingest": ingest_stats,
+            "augmentation": None,  # filled by prompt augmentation when it ran (its stats)
+            "stats": stats,
+        })
+    finally:
+        teacher.close()
+    for line in summary_lines(manifest, config.out):
+        print(line, file=sys.stderr)
+    return manifest
+
+
+def summary_lines(manifest: dict[str, Any], out: str) -> list[str]:
+    stats = manifest.get("stats", {})
+    skipped = manifest.get("ingest", {}).get("skipped", {})
+    bpt = manifest["bytes"] / max(manifest["response_tokens"], 1)
+    lines = [
+        f"corpus: {out} ({'worker %d/%d' % (manifest['worker']['index'], manifest['worker']['count']) if manifest['worker']['count'] > 1 else 'complete'})",
+        f"  rows {manifest['rows']}  prompts {stats.get('prompts', '?')}  response tokens {manifest['response_tokens']}  "
+        f"top-k {manifest['top_k']}  {bpt:.1f} bytes/response token",
+        f"  finish reasons {stats.get('finish_reasons', {})}  mean response {stats.get('response_len_mean', 0)} tokens",
+        f"  duplicates collapsed {manifest.get('ingest', {}).get('duplicates', 0)}  skipped {skipped or 'none'}",
+    ]
+    if stats.get("response_tokens_per_s_last_run"):
+        lines.append(f"  this run: {stats['new_response_tokens_last_run']} tokens in {stats['elapsed_s_last_run']} s "
+                     f"({stats['response_tokens_per_s_last_run']} tokens/s)")
+    return lines
+
+
+__all__ = ["GenerateConfig", "parse_shard", "prompts_to_answer", "row_id", "run"]

@@ -1,0 +1,118 @@
+"""`distill inspect DIR...`: what a corpus holds, for people (summary) and scripts (--json)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+
+def summarize(corpus: Any) -> dict[str, Any]:
+    """The numbers of a corpus as one JSON-able dict (the --json output)."""
+    import pyarrow.parquet as pq
+
+    prompts: set[str] = set()
+    reasons: Counter[str] = Counter()
+    for path in corpus.shard_paths:
+        table = pq.read_table(path, columns=["prompt_id", "finish_reason"])
+        prompts.update(table["prompt_id"].to_pylist())
+        reasons.update(table["finish_reason"].to_pylist())
+    skipped: Counter[str] = Counter()
+    duplicates = 0
+    runs = {m.get("identity_sha256") for m in corpus.manifests}
+    for manifest in corpus.manifests:
+        if manifest.get("worker", {}).get("index", 0) == 0:  # ingest stats are the same for every worker
+            skipped.update(manifest.get("ingest", {}).get("skipped", {}))
+            duplicates += manifest.get("ingest", {}).get("duplicates", 0)
+    first = corpus.manifests[0]
+    response_tokens = corpus.response_tokens
+    return {
+        "rows": corpus.num_rows,
+        "prompts": len(prompts),
+        "response_tokens": response_tokens,
+        "prompt_tokens": sum(m.get("prompt_tokens", 0) for m in corpus.manifests),
+        "top_k": corpus.top_k,
+        "black_box": corpus.black_box,
+        "bytes": corpus.num_bytes,
+        "bytes_per_token": round(corpus.num_bytes / response_tokens, 3) if response_tokens else None,
+        "teacher": corpus.teacher,
+        "tokenizer_fingerprint": corpus.tokenizer_fingerprint,
+        "schema_version": corpus.schema_version,
+        "generation": first.get("generation", {}),
+        "logprob_scale": first.get("encoding", {}).get("logprob_scale"),
+        "finish_reasons": dict(sorted(reasons.items())),
+        "duplicates_collapsed": duplicates,
+        "skipped": dict(sorted(skipped.items())),
+        "shards": len(corpus.shard_paths),
+        "runs": len(runs),
+        "manifests": [str(p) for p in corpus.manifest_paths],
+        # Prompt augmentation's stats (accepted, rejected per reason, ...) when it ran; None otherwise.
+        "augmentation": first.get("augmentation"),
+    }
+
+
+def _tokenizer_for(teacher: dict[str, Any]) -> Any:
+    """The teacher's tokenizer if its model is a local folder (to show tokens as text), else None."""
+    model = teacher.get("model")
+    if not model or not (Path(model) / "config.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError):
+        return None
+
+
+def sample_lines(corpus: Any, count: int, positions: int = 3) -> list[str]:
+    if count <= 0:
+        return []
+    tokenizer = _tokenizer_for(corpus.teacher)
+
+    def show(token_id: int) -> str:
+        return repr(tokenizer.decode([int(token_id)])) if tokenizer is not None else str(int(token_id))
+
+    lines = []
+    for n, row in enumerate(corpus.iter_rows()):
+        if n >= count:
+            break
+        lines.append(f"--- row {row.id} (sample {row.sample_index}, {row.num_response_tokens} tokens, {row.finish_reason})")
+        lines.append(f"  prompt:   {row.prompt_text[:200]!r}")
+        lines.append(f"  response: {row.response_text[:200]!r}")
+        if row.topk_ids is not None:
+            for t in range(min(positions, row.num_response_tokens)):
+                top = ", ".join(f"{show(i)} {lp:.2f}" for i, lp in zip(row.topk_ids[t][:5], row.topk_logprobs[t][:5]))
+                lines.append(f"  t={t} sampled {show(row.response_ids[t])} ({row.sampled_logprobs[t]:.2f}); top: {top}")
+    return lines
+
+
+def run(paths: list[str], *, as_json: bool = False, samples: int = 2, verify: bool = True) -> dict[str, Any]:
+    """Print the summary (or JSON) of the corpus at ``paths``; returns the summary dict."""
+    from distill.corpus import open_corpus
+
+    corpus = open_corpus(paths, verify=verify)
+    if verify:
+        corpus.verify()
+    info = summarize(corpus)
+    if as_json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return info
+    teacher = info["teacher"]
+    lines = [
+        f"corpus        {', '.join(paths)}  (schema v{info['schema_version']}, {info['shards']} shard(s), "
+        f"{'checksums ok' if verify else 'checksums not verified'})",
+        f"rows          {info['rows']}  ({info['prompts']} prompts)",
+        f"tokens        {info['response_tokens']} response, {info['prompt_tokens']} prompt",
+        f"top-k         {info['top_k']}{'  (black-box teacher: no log-probs)' if info['black_box'] else ''}",
+        f"size          {info['bytes'] / 1e6:.2f} MB, {info['bytes_per_token']} bytes per response token",
+        f"teacher       {teacher.get('name')} ({teacher.get('backend')}: {teacher.get('model')})",
+        f"tokenizer     {info['tokenizer_fingerprint'][:16]}",
+        f"generation    {json.dumps(info['generation'], sort_keys=True)}",
+        f"finish        {info['finish_reasons']}",
+        f"ingest        duplicates collapsed {info['duplicates_collapsed']}, skipped {info['skipped'] or 'none'}",
+    ]
+    if info["augmentation"] is not None:
+        lines.append(f"augmentation  {json.dumps(info['augmentation'], sort_keys=True)[:300]}")
+    print("\n".join(lines + sample_lines(corpus, samples)))
+    return info

@@ -1,0 +1,348 @@
+"""In-process Hugging Face teacher: `model.generate` with the top-k captured on the fly.
+
+How the raw distribution is captured: ``generate`` runs with a clean ``GenerationConfig``
+(greedy, no penalties, no warpers), so the only logits processor is ``_Capture``, and the
+scores it receives are exactly what ``output_logits=True`` would return (the model's raw
+next-token logits, upcast to fp32). ``_Capture`` keeps the top-k of their log-softmax
+(temperature 1, before any top-p) and the sampled token's log-prob, then does the sampling
+itself and hands ``generate`` a one-hot choice. Two reasons for this instead of
+``output_logits=True``: (1) memory: output_logits keeps [steps, batch, vocab] fp32 logits (20 GB
+for 32 x 1024 steps x 152k vocab) while we keep [steps, batch, k]; (2) per-prompt seeds: HF
+samples a whole batch from one RNG stream, so a prompt's response would depend on its batch
+neighbours; here each row draws from its own ``torch.Generator(seed)``.
+
+Batches are length-sorted and left-padded. Stop: EOS ids of the model's generation config and
+tokenizer, or any ``params.stop`` string (the tokens up to and including the one that completes
+it are kept, so ids and log-probs stay aligned; finish_reason "stop"). Device: cuda + bf16 when
+available, else cpu + fp32 (recipe ``device`` / ``dtype`` override).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from distill.config import ConfigError
+from distill.teachers.base import GenerationRequest, SamplingParams, ScoreRequest, TeacherOutput
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def pick_device(device: str = "auto", dtype: str = "auto") -> tuple[str, Any]:
+    """(device, torch dtype): cuda + bf16 when available, else cpu + fp32."""
+    torch = _torch()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype not in DTYPES:
+        raise ConfigError(f"teacher dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return device, getattr(torch, dtype)
+
+
+def _logits_processor_base():
+    from transformers import LogitsProcessor
+
+    return LogitsProcessor
+
+
+def make_capture(k: int, params: SamplingParams, seeds: Sequence[int], device: Any):
+    """A LogitsProcessor that records raw top-k log-probs and samples each row with its own seed."""
+    torch = _torch()
+    base = _logits_processor_base()
+    steps = params.max_new_tokens
+    # One uniform per (row, step), drawn from the row's own seed: independent of batch neighbours.
+    uniforms = torch.stack([1.0 - torch.rand(steps, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)
+                            for s in seeds]).to(device)
+
+    class _Capture(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            self.step = 0
+            self.topk_ids: list[Any] = []
+            self.topk_logprobs: list[Any] = []
+            self.sampled_logprobs: list[Any] = []
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            scores = scores.float()
+            log_norm = torch.logsumexp(scores, dim=-1, keepdim=True)
+            if params.temperature == 0:
+                chosen = scores.argmax(dim=-1, keepdim=True)
+            else:
+                chosen = _sample(scores, params.temperature, params.top_p, uniforms[:, self.step:self.step + 1])
+            if k:
+                values, ids = scores.topk(k, dim=-1)
+                self.topk_ids.append(ids.to(torch.int32))
+                self.topk_logprobs.append(values - log_norm)
+                self.sampled_logprobs.append(scores.gather(1, chosen) - log_norm)
+            self.step += 1
+            forced = torch.full_like(scores, float("-inf"))
+            forced.scatter_(1, chosen, 0.0)
+            return forced
+
+    return _Capture()
+
+
+def _sample(scores: Any, temperature: float, top_p: float, uniform: Any) -> Any:
+    """Inverse-CDF sampling of [B, V] logits at ``temperature`` with nucleus ``top_p``; [B, 1]."""
+    torch = _torch()
+    probs = torch.softmax(scores / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        cum = sorted_probs.cumsum(dim=-1)
+        sorted_probs = sorted_probs.masked_fill(cum - sorted_probs > top_p, 0.0)  # keeps at least the top token
+        cdf = sorted_probs.cumsum(dim=-1)
+        pick = torch.searchsorted(cdf, (uniform * cdf[:, -1:]).to(cdf.dtype)).clamp_(max=cdf.shape[-1] - 1)
+        return order.gather(1, pick)
+    cdf = probs.cumsum(dim=-1)
+    return torch.searchsorted(cdf, (uniform * cdf[:, -1:]).to(cdf.dtype)).clamp_(max=cdf.shape[-1] - 1)
+
+
+def make_stop_criteria(tokenizer: Any, stop: Sequence[str], prompt_len: int, batch: int):
+    """StoppingCriteria that ends a row once its decoded tail contains a stop string; records the step."""
+    torch = _torch()
+    from transformers import StoppingCriteria
+
+    window = max(len(s) for s in stop) + 8  # tokens: every token decodes to >= 0 chars, most to >= 1
+
+    class _StopStrings(StoppingCriteria):
+        def __init__(self) -> None:
+            self.stopped_at = [-1] * batch  # number of generated tokens when the stop string completed
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            generated = input_ids.shape[1] - prompt_len
+            for row in range(input_ids.shape[0]):
+                if self.stopped_at[row] >= 0:
+                    done[row] = True
+                    continue
+                tail = tokenizer.decode(input_ids[row, max(prompt_len, input_ids.shape[1] - window):].tolist())
+                if any(s in tail for s in stop):
+                    self.stopped_at[row] = generated
+                    done[row] = True
+            return done
+
+    return _StopStrings()
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[Any, Any]:
+    torch = _torch()
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], seeds: Sequence[int],
+                   params: SamplingParams, *, eos_ids: Sequence[int], pad_id: int) -> list[dict[str, Any]]:
+    """Generate one left-padded batch with capture; one dict per row (numpy arrays, trimmed)."""
+    torch = _torch()
+    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+    device = next(model.parameters()).device
+    input_ids, attention_mask = _left_pad(prompts, pad_id, device)
+    k = params.top_k_logprobs
+    capture = make_capture(k, params, seeds, device)
+    stopping = StoppingCriteriaList()
+    stop_strings = None
+    if params.stop:
+        stop_strings = make_stop_criteria(tokenizer, params.stop, input_ids.shape[1], len(prompts))
+        stopping.append(stop_strings)
+    config = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=False, num_beams=1,
+                              eos_token_id=list(eos_ids), pad_token_id=pad_id, return_dict_in_generate=True)
+    with torch.inference_mode():
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                             logits_processor=LogitsProcessorList([capture]), stopping_criteria=stopping)
+    generated = out.sequences[:, input_ids.shape[1]:].cpu().numpy().astype(np.int32)
+    num_steps = generated.shape[1]
+    if k:
+        topk_ids = torch.stack(capture.topk_ids, dim=1).cpu().numpy()
+        topk_lp = torch.stack(capture.topk_logprobs, dim=1).float().cpu().numpy()
+        sampled_lp = torch.cat(capture.sampled_logprobs, dim=1).float().cpu().numpy()
+    eos = np.isin(generated, np.asarray(list(eos_ids), dtype=np.int32))
+    rows = []
+    for r in range(len(prompts)):
+        length, reason = num_steps, "length"
+        hits = np.flatnonzero(eos[r])
+        if hits.size:
+            length, reason = int(hits[0]) + 1, "stop"
+        if stop_strings is not None and 0 <= stop_strings.stopped_at[r] <= length:
+            length, reason = stop_strings.stopped_at[r], "stop"
+        if reason == "length" and length < params.max_new_tokens:  # pragma: no cover - generate invariant
+            raise AssertionError(f"row {r} ended after {length} tokens without EOS or stop string")
+        rows.append({
+            "response_ids": generated[r, :length].copy(),
+            "topk_ids": topk_ids[r, :length].astype(np.int32) if k else None,
+            "topk_logprobs": topk_lp[r, :length].astype(np.float32) if k else None,
+            "sampled_logprobs": sampled_lp[r, :length].astype(np.float32) if k else None,
+            "finish_reason": reason,
+        })
+    return rows
+
+
+def score_batch(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], top_k: int,
+                pad_id: int) -> list[dict[str, Any]]:
+    """Teacher-forced top-k at every response position of left-padded (prompt + response) rows."""
+    torch = _torch()
+    device = next(model.parameters()).device
+    full = [list(p) + list(r) for p, r in zip(prompts, responses)]
+    input_ids, attention_mask = _left_pad(full, pad_id, device)
+    keep = max(len(r) for r in responses) + 1
+    # positions count real tokens only, as generate() does for left-padded rows
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp_(min=0)
+    with torch.inference_mode():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       logits_to_keep=keep).logits
+    rows = []
+    for i, response in enumerate(responses):
+        num_tokens = len(response)
+        # with left padding every row ends at the right edge: position -1-j predicts token T-j
+        row_logits = logits[i, keep - 1 - num_tokens: keep - 1].float()
+        logprobs = torch.log_softmax(row_logits, dim=-1)
+        values, ids = logprobs.topk(top_k, dim=-1)
+        target = torch.tensor(list(response), dtype=torch.long, device=device)[:, None]
+        rows.append({
+            "topk_ids": ids.to(torch.int32).cpu().numpy(),
+            "topk_logprobs": values.cpu().numpy().astype(np.float32),
+            "sampled_logprobs": logprobs.gather(1, target)[:, 0].cpu().numpy().astype(np.float32),
+        })
+    return rows
+
+
+class HFTeacher:
+    """A local (or cached) Hugging Face causal LM as the teacher. The model loads on first use."""
+
+    backend = "hf"
+
+    def __init__(self, model: str, *, name: str | None = None, revision: str | None = None, device: str = "auto",
+                 dtype: str = "auto", batch_size: int = 8, max_context: int | None = None,
+                 trust_remote_code: bool = False) -> None:
+        from transformers import AutoConfig, AutoTokenizer
+
+        path = Path(model)
+        if (model.startswith((".", "/", "~")) or path.exists()) and not (path / "config.json").is_file():
+            raise ConfigError(f"--teacher: {model}: no such model directory (expected a folder with config.json)")
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+        self.model_id = model
+        self.name = name or path.name
+        self.revision = revision
+        self.batch_size = batch_size
+        self.trust_remote_code = trust_remote_code
+        self.device, self.dtype = pick_device(device, dtype)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
+            self.config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
+        except OSError as exc:
+            raise ConfigError(f"--teacher: cannot load '{model}': {exc}") from None
+        context = getattr(self.config, "max_position_embeddings", None)
+        self.max_context = int(max_context or context or 4096)
+        self.pad_id, self.eos_ids = self._special_ids()
+        self._model: Any = None
+
+    @classmethod
+    def from_recipe(cls, recipe: dict[str, Any], **overrides: Any) -> "HFTeacher":
+        """Build from a teacher recipe (keys: model, revision, device, dtype, batch_size,
+        max_context, trust_remote_code); ``overrides`` (e.g. batch_size from --batch-size) win."""
+        hf = dict(recipe.get("hf", {}))
+        kwargs: dict[str, Any] = {k: recipe[k] for k in ("revision", "device", "dtype", "batch_size", "max_context",
+                                                         "trust_remote_code") if k in recipe}
+        kwargs.update({k: v for k, v in hf.items()})
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(kwargs) - {"revision", "device", "dtype", "batch_size", "max_context", "trust_remote_code"}
+        if unknown:
+            raise ConfigError(f"{recipe.get('recipe_path', 'teacher recipe')}: unknown hf option(s) {sorted(unknown)}")
+        return cls(str(recipe["model"]), name=recipe.get("name"), **kwargs)
+
+    def _special_ids(self) -> tuple[int, tuple[int, ...]]:
+        from transformers import GenerationConfig
+
+        eos: list[int] = []
+        try:
+            gen = GenerationConfig.from_pretrained(self.model_id, revision=self.revision)
+            value = gen.eos_token_id
+            eos += list(value) if isinstance(value, (list, tuple)) else ([value] if value is not None else [])
+        except OSError:
+            gen = None
+        if self.tokenizer.eos_token_id is not None:
+            eos.append(int(self.tokenizer.eos_token_id))
+        if not eos:
+            raise ConfigError(f"--teacher: {self.model_id}: neither the tokenizer nor generation_config.json names an EOS token")
+        pad = self.tokenizer.pad_token_id
+        if pad is None and gen is not None and gen.pad_token_id is not None:
+            pad = gen.pad_token_id
+        return int(pad if pad is not None else eos[0]), tuple(dict.fromkeys(int(e) for e in eos))
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            from transformers import AutoModelForCausalLM, GenerationConfig
+
+            model = AutoModelForCausalLM.from_pretrained(self.model_id, revision=self.revision, dtype=self.dtype,
+                                                         trust_remote_code=self.trust_remote_code)
+            # A clean generation config: the checkpoint's (temperature, top_k, repetition_penalty...)
+            # would otherwise be merged into ours and warp the logits before our capture.
+            model.generation_config = GenerationConfig(eos_token_id=list(self.eos_ids), pad_token_id=self.pad_id)
+            self._model = model.to(self.device).eval()
+        return self._model
+
+    def fingerprint(self) -> dict[str, Any]:
+        import torch
+        import transformers
+
+        from distill.fingerprint import weights_fingerprint
+
+        path = Path(self.model_id)
+        weights = weights_fingerprint(path) if path.is_dir() else None
+        return {"name": self.name, "model": self.model_id, "revision": self.revision, "weights_sha256": weights,
+                "backend": "hf", "backend_version": f"transformers {transformers.__version__}, torch {torch.__version__}",
+                "dtype": str(self.dtype).replace("torch.", ""), "black_box": False}
+
+    def _batches(self, requests: Sequence[Any]) -> Iterator[list[Any]]:
+        ordered = sorted(requests, key=lambda r: (len(r.prompt_ids), r.key))  # length-sorted: little padding
+        for start in range(0, len(ordered), self.batch_size):
+            yield ordered[start:start + self.batch_size]
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> Iterator[TeacherOutput]:
+        for request in requests:
+            if len(request.prompt_ids) + params.max_new_tokens > self.max_context:
+                raise ConfigError(f"request {request.key}: prompt of {len(request.prompt_ids)} tokens + "
+                                  f"max_new_tokens {params.max_new_tokens} exceeds the teacher context {self.max_context}")
+        for batch in self._batches(requests):
+            rows = generate_batch(self.model, self.tokenizer, [r.prompt_ids for r in batch], [r.seed for r in batch],
+                                  params, eos_ids=self.eos_ids, pad_id=self.pad_id)
+            for request, row in zip(batch, rows):
+                yield TeacherOutput(key=request.key, prompt_ids=np.asarray(request.prompt_ids, dtype=np.int32),
+                                    text=self.tokenizer.decode(row["response_ids"].tolist(), skip_special_tokens=True),
+                                    **row)
+
+    def score(self, requests: Sequence[ScoreRequest], top_k: int) -> Iterator[TeacherOutput]:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1 for scoring, got {top_k}")
+        for batch in self._batches([r for r in requests if len(r.response_ids)]):
+            rows = score_batch(self.model, [r.prompt_ids for r in batch], [r.response_ids for r in batch], top_k, self.pad_id)
+            for request, row in zip(batch, rows):
+                response = np.asarray(request.response_ids, dtype=np.int32)
+                yield TeacherOutput(key=request.key, prompt_ids=np.asarray(request.prompt_ids, dtype=np.int32),
+                                    response_ids=response, finish_reason="stop",
+                                    text=self.tokenizer.decode(response.tolist(), skip_special_tokens=True), **row)
+        for request in requests:  # empty responses have no positions to score
+            if not len(request.response_ids):
+                empty = np.zeros((0, top_k), dtype=np.int32)
+                yield TeacherOutput(key=request.key, prompt_ids=np.asarray(request.prompt_ids, dtype=np.int32),
+                                    response_ids=np.zeros(0, dtype=np.int32), topk_ids=empty,
+                                    topk_logprobs=empty.astype(np.float32), sampled_logprobs=np.zeros(0, np.float32),
+                                    finish_reason="stop")
+
+    def close(self) -> None:
+        self._model = None
