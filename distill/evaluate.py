@@ -627,6 +627,7 @@ def evaluate_model(
         entry.setdefault(metric, None)
     entry["score_ci"] = None
     device, dtype = _torch_device_dtype(config)
+    started = time.perf_counter()
     model = None
     new_ref = None
     try:
@@ -736,6 +737,7 @@ def evaluate_model(
         entry["error"] = " ".join(message.split())  # one line: it goes into tables
         print(f"error: model '{name}': {entry['error']}", file=sys.stderr)
     finally:
+        entry["eval_seconds"] = round(time.perf_counter() - started, 2)
         del model
         gc.collect()
         if device.type == "cuda":
@@ -864,6 +866,9 @@ def run(config: EvalConfig) -> dict[str, Any]:
             if teacher_error and config.teacher is not None and not is_teacher:
                 entry["errors"].setdefault("teacher", teacher_error)
             entries[name] = entry
+            if entry["status"] == "ok":
+                print(f"{name}: score {entry['score']:.3f} on {entry['rows']} rows ({entry['failed_rows']} failed) "
+                      f"in {entry['eval_seconds']:.1f}s", file=sys.stderr)
             report["models"] = {n: entries[n] for n in models if n in entries}
             write_report(report, out_dir, chart=False)
     finally:
