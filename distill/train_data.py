@@ -1,0 +1,239 @@
+"""Batches for `distill train`: length-grouped, token-budgeted, split per rank, resumable, streamed.
+
+A training epoch is *planned* from the corpus' lengths alone (``Corpus.lengths()`` reads two
+integer columns): row groups are shuffled with the seed, taken a window at a time, and inside a
+window rows are sorted by length and cut into micro-batches under a padded-token budget. The plan
+is a pure function of (lengths, seed, epoch), so a resumed run rebuilds it exactly and skips to
+its data position (epoch, step) without reading any rows. Rows are then read row group by row
+group through a small cache, so memory stays bounded by a few row groups whatever the corpus size.
+
+A micro-batch holds whole rows, right-padded. Only response positions reach the LM head: the
+input is ``prompt + response[:-1]`` and position ``P - 1 + j`` predicts response token ``j``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+WINDOW_GROUPS = 8  # row groups per length-grouping window (and twice that in the row cache)
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """How rows become micro-batches and optimizer steps."""
+
+    max_seq_len: int
+    tokens_per_batch: int | None  # padded tokens per micro-batch; or
+    batch_size: int | None  # rows per micro-batch
+    grad_accum: int
+    world_size: int
+    seed: int
+
+    @property
+    def micro_per_step(self) -> int:
+        return self.grad_accum * self.world_size
+
+
+def effective_lengths(lengths: np.ndarray, max_seq_len: int) -> np.ndarray:
+    """Input length of each row (prompt + response - 1, capped); 0 for rows that cannot train
+    (empty response, or the prompt alone already fills max_seq_len)."""
+    inputs = np.minimum(lengths - 1, max_seq_len)
+    return np.where(lengths >= 2, inputs, 0)
+
+
+def holdout_rows(row_group_offsets: list[int], num_rows: int, num_eval: int, seed: int) -> np.ndarray:
+    """Global indices of held-out rows: whole row groups picked by the seed, so reading them costs
+    a few row groups, never a pass over the corpus."""
+    if num_eval <= 0:
+        return np.zeros(0, dtype=np.int64)
+    bounds = [*row_group_offsets, num_rows]
+    order = np.random.default_rng([seed, 7919]).permutation(len(row_group_offsets))
+    picked: list[np.ndarray] = []
+    count = 0
+    for g in order:
+        if count >= num_eval:
+            break
+        rows = np.arange(bounds[g], bounds[g + 1])[: num_eval - count]
+        picked.append(rows)
+        count += len(rows)
+    if count >= num_rows:  # never hold out everything
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate(picked))
+
+
+def plan_epoch(
+    lengths: np.ndarray, row_group_offsets: list[int], spec: BatchSpec, epoch: int, exclude: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """Micro-batches (arrays of global row indices) for one epoch, cut to whole optimizer steps.
+
+    Windows of WINDOW_GROUPS shuffled row groups; inside a window, rows shuffled then sorted by
+    length (length grouping), cut under the token budget, and the window's batches shuffled.
+    """
+    num_rows = len(lengths)
+    eff = effective_lengths(lengths, spec.max_seq_len)
+    usable = eff > 0
+    if exclude is not None and len(exclude):
+        usable[exclude] = False
+    rng = np.random.default_rng([spec.seed, epoch])
+    bounds = [*row_group_offsets, num_rows]
+    group_order = rng.permutation(len(row_group_offsets))
+    batches: list[np.ndarray] = []
+    for w in range(0, len(group_order), WINDOW_GROUPS):
+        rows = np.concatenate([np.arange(bounds[g], bounds[g + 1]) for g in group_order[w:w + WINDOW_GROUPS]])
+        rows = rows[usable[rows]]
+        rows = rows[rng.permutation(len(rows))]
+        rows = rows[np.argsort(eff[rows], kind="stable")]
+        window: list[np.ndarray] = []
+        start = 0
+        while start < len(rows):
+            if spec.batch_size is not None:
+                end = min(start + spec.batch_size, len(rows))
+            else:
+                end = start + 1
+                # rows are sorted ascending, so the newest row sets the padded width
+                while end < len(rows) and (end - start + 1) * eff[rows[end]] <= spec.tokens_per_batch:
+                    end += 1
+            window.append(rows[start:end])
+            start = end
+        batches.extend(window[i] for i in rng.permutation(len(window)))
+    usable_count = len(batches) - len(batches) % spec.micro_per_step
+    return batches[:usable_count]
+
+
+def steps_in(plan: list[np.ndarray], spec: BatchSpec) -> int:
+    return len(plan) // spec.micro_per_step
+
+
+def rank_micro_batches(plan: list[np.ndarray], spec: BatchSpec, step: int, rank: int) -> list[np.ndarray]:
+    """This rank's ``grad_accum`` micro-batches of optimizer step ``step`` (0-based, in the epoch)."""
+    base = step * spec.micro_per_step + rank * spec.grad_accum
+    return plan[base:base + spec.grad_accum]
+
+
+@dataclass
+class VocabStats:
+    """Counts for the vocabulary checks: stored ids outside the student vocabulary."""
+
+    vocab_size: int
+    oov_topk_entries: int = 0  # top-k entries moved to the tail bucket
+    dropped_rows: int = 0  # rows whose prompt/response ids cannot be embedded
+    long_prompts: int = 0  # rows whose prompt alone exceeds max_seq_len
+    warned: set[str] = field(default_factory=set)
+
+
+class RowReader:
+    """Rows by global index, decoded row group by row group through a small LRU cache."""
+
+    def __init__(self, corpus: Any, cache_groups: int = 2 * WINDOW_GROUPS) -> None:
+        self.corpus = corpus
+        self.offsets = np.asarray([*corpus.row_group_offsets, corpus.num_rows], dtype=np.int64)
+        self.cache: OrderedDict[int, list] = OrderedDict()
+        self.cache_groups = cache_groups
+
+    def row(self, index: int):
+        group = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        rows = self.cache.get(group)
+        if rows is None:
+            rows = self.corpus.read_row_group(group)
+            self.cache[group] = rows
+            while len(self.cache) > self.cache_groups:
+                self.cache.popitem(last=False)
+        else:
+            self.cache.move_to_end(group)
+        return rows[index - int(self.offsets[group])]
+
+
+def collate(rows: list, *, max_seq_len: int, pad_id: int, top_k: int, stats: VocabStats, log=print) -> dict[str, Any]:
+    """CorpusRows -> tensors for one micro-batch.
+
+    Returns input_ids/attention_mask [B, L]; positions [N] (flat indices into B*L of the response
+    positions); targets [N]; topk_ids [N, k] int64 and topk_logprobs [N, k] float32 (None for a
+    black-box corpus); num_tokens N. Teacher ids >= the student vocabulary are kept and become
+    absent bins in the loss (their mass joins the tail); they are counted here.
+    """
+    import torch
+
+    kept = []
+    for row in rows:
+        ids = np.concatenate([row.prompt_ids, row.response_ids])
+        if len(ids) and (ids.max() >= stats.vocab_size or ids.min() < 0):
+            stats.dropped_rows += 1
+            if "row" not in stats.warned:
+                stats.warned.add("row")
+                log(f"warning: row {row.id} holds token ids outside the student vocabulary "
+                    f"({stats.vocab_size}); such rows are skipped and counted")
+            continue
+        if len(row.prompt_ids) > max_seq_len:
+            stats.long_prompts += 1
+            continue
+        kept.append(row)
+    width = 0
+    spans = []
+    for row in kept:
+        p = len(row.prompt_ids)
+        t = min(len(row.response_ids), max_seq_len - p + 1)
+        spans.append((p, t))
+        width = max(width, p + t - 1)
+    input_ids = np.full((len(kept), max(width, 1)), pad_id, dtype=np.int64)
+    attention = np.zeros_like(input_ids)
+    positions, targets, tk_ids, tk_lps = [], [], [], []
+    for b, (row, (p, t)) in enumerate(zip(kept, spans)):
+        seq = np.concatenate([row.prompt_ids, row.response_ids[: t - 1]])
+        input_ids[b, : len(seq)] = seq
+        attention[b, : len(seq)] = 1
+        positions.append(b * input_ids.shape[1] + np.arange(p - 1, p - 1 + t))
+        targets.append(row.response_ids[:t])
+        if top_k:
+            tk_ids.append(row.topk_ids[:t])
+            tk_lps.append(row.topk_logprobs[:t])
+    batch: dict[str, Any] = {
+        "input_ids": torch.from_numpy(input_ids),
+        "attention_mask": torch.from_numpy(attention),
+        "positions": torch.from_numpy(np.concatenate(positions).astype(np.int64) if positions else np.zeros(0, np.int64)),
+        "targets": torch.from_numpy(np.concatenate(targets).astype(np.int64) if targets else np.zeros(0, np.int64)),
+        "topk_ids": None,
+        "topk_logprobs": None,
+    }
+    if top_k:
+        ids = np.concatenate(tk_ids).astype(np.int64) if tk_ids else np.zeros((0, top_k), np.int64)
+        oov = int((ids >= stats.vocab_size).sum())
+        if oov:
+            stats.oov_topk_entries += oov
+            if "topk" not in stats.warned:
+                stats.warned.add("topk")
+                log(f"warning: the corpus stores teacher top-k ids >= the student vocabulary ({stats.vocab_size}); "
+                    "their probability mass is moved to the tail bucket (count reported at the end)")
+        batch["topk_ids"] = torch.from_numpy(ids)
+        batch["topk_logprobs"] = torch.from_numpy(
+            np.concatenate(tk_lps).astype(np.float32) if tk_lps else np.zeros((0, top_k), np.float32))
+    batch["num_tokens"] = int(batch["targets"].numel())
+    return batch
+
+
+def iter_steps(
+    corpus: Any, lengths: np.ndarray, spec: BatchSpec, *, rank: int, start_epoch: int, start_step: int,
+    num_epochs: int | None, exclude: np.ndarray | None, collate_kwargs: dict[str, Any],
+) -> Iterator[tuple[int, int, list[dict[str, Any]]]]:
+    """Yield (epoch, step_in_epoch, this rank's micro-batches) from the data position onward.
+
+    ``num_epochs=None`` cycles forever (the caller stops at --max-steps).
+    """
+    reader = RowReader(corpus)
+    epoch = start_epoch
+    step = start_step
+    while num_epochs is None or epoch < num_epochs:
+        plan = plan_epoch(lengths, corpus.row_group_offsets, spec, epoch, exclude)
+        total = steps_in(plan, spec)
+        if total == 0:
+            return
+        while step < total:
+            micro = [collate([reader.row(int(i)) for i in batch], **collate_kwargs)
+                     for batch in rank_micro_batches(plan, spec, step, rank)]
+            yield epoch, step, micro
+            step += 1
+        epoch += 1
+        step = 0
