@@ -44,7 +44,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -140,32 +140,36 @@ def parse_model_specs(specs: Sequence[str]) -> dict[str, str]:
     return models
 
 
-def resolve_model_path(spec: str) -> str:
-    """A local model dir, a recipe (teacher or student, by name or path) whose ``model`` is a dir
-    or hub id, or a hub id ``org/name``. A spec that is none of these is a ConfigError; a dir
-    that exists but does not load is reported later as that model's failure."""
+def resolve_model(spec: str) -> tuple[str, str]:
+    """(model, backend) for a ``--model`` PATH: a local model dir, a recipe (teacher or student,
+    by name or path) whose ``model`` is a dir or hub id, or a hub id ``org/name``. The backend is
+    "hf" (loaded here with transformers) unless a teacher recipe names vllm or openai: such a
+    model is then run through its Teacher backend. A spec that names nothing is a ConfigError; a
+    dir that exists but does not load is reported later as that model's failure."""
     from distill.recipes import resolve_recipe
     from distill.teachers import teacher_recipe
 
     path = Path(spec)
     if path.is_dir() and not (path / "recipe.yaml").is_file():
-        return str(path)
-    for folder in ("teachers", "students"):
-        try:
-            if folder == "teachers":
-                recipe = teacher_recipe(spec)
-                return str(recipe["model"])
-            recipe_path, recipe = resolve_recipe(folder, spec)
-        except (ConfigError, FileNotFoundError):
-            continue
+        return str(path), "hf"
+    try:
+        recipe = teacher_recipe(spec)
+        return str(recipe["model"]), str(recipe.get("backend", "hf"))
+    except (ConfigError, FileNotFoundError):
+        pass
+    try:
+        recipe_path, recipe = resolve_recipe("students", spec)
+    except (ConfigError, FileNotFoundError):
+        recipe_path = None
+    if recipe_path is not None:
         if "model" not in recipe:
             raise ConfigError(f"--model {spec}: recipe {recipe_path} names no 'model' to evaluate (train it first, then pass the output dir)")
         model = str(recipe["model"])
         candidate = (recipe_path.parent / model).resolve()
-        return str(candidate) if candidate.exists() else model
+        return (str(candidate) if candidate.exists() else model), "hf"
     first = spec.split("/", 1)[0]
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not Path(first).exists():
-        return spec  # a hub id such as Qwen/Qwen2.5-0.5B-Instruct
+        return spec, "hf"  # a hub id such as Qwen/Qwen2.5-0.5B-Instruct
     raise ConfigError(f"--model: '{spec}' is not a model directory, a teacher/student recipe, or a hub id (org/name)")
 
 
@@ -387,6 +391,25 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
+def _topk_capture(k: int):
+    """A LogitsProcessor that keeps the top-k of the raw next-token log-softmax at each step and
+    leaves the scores untouched: [B, k] per step instead of output_logits' [B, vocab]."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class _Capture(LogitsProcessor):
+        def __init__(self) -> None:
+            self.steps: list[tuple[Any, Any]] = []
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            logprobs = torch.log_softmax(scores.float(), dim=-1)
+            values, ids = torch.topk(logprobs, min(k, logprobs.shape[-1]), dim=-1)
+            self.steps.append((ids.cpu(), values.cpu()))
+            return scores
+
+    return _Capture()
+
+
 def generate_greedy(
     model: Any,
     tokenizer: Any,
@@ -400,19 +423,19 @@ def generate_greedy(
 ) -> list[Generation]:
     """Greedy responses to ``prompts`` (token id lists), batched with left padding.
 
-    With ``capture_top_k`` > 0 the raw (temperature-1, unprocessed) log-probs at each generated
-    position are kept as top-k ids/log-probs: the teacher's side of the KL.
+    With ``capture_top_k`` > 0 the raw (temperature-1, unprocessed: the generation config has no
+    warpers or penalties) log-probs at each generated position are kept as top-k ids/log-probs:
+    the teacher's side of the KL.
     """
     import torch
     from tqdm import tqdm
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList
 
     device = next(model.parameters()).device
     eos, pad = eos_and_pad(model, tokenizer)
     gen_config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad,
         num_beams=1, temperature=None, top_p=None, top_k=None,
-        return_dict_in_generate=True, output_logits=capture_top_k > 0,
     )
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i])) if sort_by_length else list(range(len(prompts)))
     results: list[Generation | None] = [None] * len(prompts)
@@ -426,18 +449,16 @@ def generate_greedy(
             ids = prompts[i]
             input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
             attention[row, width - len(ids) :] = 1
+        capture = _topk_capture(capture_top_k) if capture_top_k > 0 else None
         with torch.no_grad():
-            out = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=gen_config
+            sequences = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=gen_config,
+                logits_processor=LogitsProcessorList([capture] if capture is not None else []),
             )
-        new_tokens = out.sequences[:, width:].cpu().tolist()
-        logprobs = None
-        if capture_top_k > 0:
-            logits = torch.stack(out.logits, dim=1).float()  # [B, steps, V]
-            logprobs = torch.log_softmax(logits, dim=-1)
-            k = min(capture_top_k, logprobs.shape[-1])
-            top_logprobs, top_ids = torch.topk(logprobs, k, dim=-1)
-            top_logprobs, top_ids = top_logprobs.cpu().numpy(), top_ids.cpu().numpy().astype(np.int32)
+        new_tokens = sequences[:, width:].cpu().tolist()
+        if capture is not None:
+            top_ids = torch.stack([ids for ids, _ in capture.steps], dim=1).numpy().astype(np.int32)  # [B, steps, k]
+            top_logprobs = torch.stack([v for _, v in capture.steps], dim=1).numpy()
         for row, i in enumerate(batch):
             ids = new_tokens[row]
             end = next((t + 1 for t, tok in enumerate(ids) if tok in eos_set), len(ids))
@@ -447,7 +468,7 @@ def generate_greedy(
                 prompt_ids=list(prompts[i]), response_ids=response,
                 text=tokenizer.decode(text_ids, skip_special_tokens=True),
             )
-            if logprobs is not None:
+            if capture is not None:
                 generation.topk_ids = top_ids[row, :end]
                 generation.topk_logprobs = top_logprobs[row, :end]
             results[i] = generation
@@ -456,23 +477,24 @@ def generate_greedy(
 
 
 def measure_speed(
-    model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, batch_size: int, max_new_tokens: int, desc: str
+    run_batch: Any, prompts: Sequence[Any], *, batch_size: int, max_new_tokens: int, desc: str, sync: Any = None
 ) -> dict[str, Any]:
-    """Tokens/s and per-request latency at batch 1 and at ``batch_size``, warm-up excluded."""
+    """Tokens/s and per-request latency at batch 1 and at ``batch_size``, warm-up excluded.
+
+    ``run_batch(prompts) -> list[Generation]`` generates greedily for one batch; ``sync()``
+    waits for the device so the clock measures finished work.
+    """
     from tqdm import tqdm
 
-    device = next(model.parameters()).device
-    run = lambda batch: generate_greedy(  # noqa: E731
-        model, tokenizer, batch, batch_size=len(batch), max_new_tokens=max_new_tokens, sort_by_length=False
-    )
-    run(list(prompts[:batch_size]))  # warm-up: allocator, kernels, caches
-    run([prompts[0]])
-    _sync(device)
+    sync = sync or (lambda: None)
+    run_batch(list(prompts[:batch_size]))  # warm-up: allocator, kernels, caches
+    run_batch([prompts[0]])
+    sync()
     single_latency, single_tokens, single_time = [], 0, 0.0
     for prompt in tqdm(prompts, desc=f"{desc}: speed b=1", unit="req", leave=False):
         start = time.perf_counter()
-        out = run([prompt])
-        _sync(device)
+        out = run_batch([prompt])
+        sync()
         elapsed = time.perf_counter() - start
         single_latency.append(elapsed * 1000)
         single_tokens += len(out[0].response_ids)
@@ -481,8 +503,8 @@ def measure_speed(
     chunks = [list(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
     for chunk in tqdm(chunks, desc=f"{desc}: speed b={batch_size}", unit="batch", leave=False):
         start = time.perf_counter()
-        out = run(chunk)
-        _sync(device)
+        out = run_batch(chunk)
+        sync()
         elapsed = time.perf_counter() - start
         batch_latency += [elapsed * 1000] * len(chunk)
         batch_tokens += sum(len(g.response_ids) for g in out)
@@ -612,13 +634,111 @@ class _Judge:
             self.teacher.close()
 
 
+@dataclass
+class _Opened:
+    """A model ready to answer: ``generate(prompts, capture_top_k, desc)`` greedy-decodes token-id
+    prompts; ``kl`` is None when the backend exposes no full distribution."""
+
+    via: str
+    tokenizer: Any
+    params: int | None
+    generate: Callable[[Sequence[list[int]], int, str | None], list[Generation]]
+    kl: Callable[[TeacherRef, str | None], tuple[float, int]] | None
+    sync: Callable[[], None]
+    close: Callable[[], None]
+
+
+def _open_hf(model_path: str, config: EvalConfig) -> _Opened:
+    import torch
+
+    device, dtype = _torch_device_dtype(config)
+    try:
+        model, tokenizer = load_model(model_path, device, dtype)
+    except Exception as exc:
+        raise RuntimeError(f"failed to load model from {model_path}: {type(exc).__name__}: {exc}") from exc
+
+    def generate(prompts: Sequence[list[int]], capture_top_k: int, desc: str | None) -> list[Generation]:
+        return generate_greedy(model, tokenizer, prompts, batch_size=config.batch_size,
+                               max_new_tokens=config.max_new_tokens, capture_top_k=capture_top_k, desc=desc,
+                               sort_by_length=desc is not None)
+
+    def close() -> None:
+        nonlocal model
+        model = None
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    return _Opened(
+        via="transformers", tokenizer=tokenizer, params=count_params(model), generate=generate,
+        kl=lambda ref, desc: kl_to_teacher(model, ref, batch_size=config.batch_size, desc=desc),
+        sync=lambda: _sync(device), close=close,
+    )
+
+
+def params_from_safetensors(model_dir: str | Path) -> int | None:
+    """Parameter count from the safetensors headers of a local model dir (no weights read)."""
+    files = sorted(Path(model_dir).glob("*.safetensors")) if Path(model_dir).is_dir() else []
+    if not files:
+        return None
+    total = 0
+    for path in files:
+        with path.open("rb") as fh:
+            header_len = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(header_len))
+        total += sum(int(np.prod(t["shape"])) for key, t in header.items() if key != "__metadata__")
+    return total
+
+
+def _open_backend(spec: str, model_path: str, config: EvalConfig) -> _Opened:
+    """A model served by its Teacher backend (vLLM, OpenAI-compatible HTTP): greedy through the
+    protocol; its speed includes the backend's own overheads; no KL (no full distribution)."""
+    from tqdm import tqdm
+
+    from distill.teachers import load_teacher
+    from distill.teachers.base import GenerationRequest, SamplingParams
+
+    try:
+        teacher = load_teacher(spec)
+    except Exception as exc:
+        raise RuntimeError(f"failed to start '{spec}': {type(exc).__name__}: {exc}") from exc
+
+    def generate(prompts: Sequence[list[int]], capture_top_k: int, desc: str | None) -> list[Generation]:
+        requests = [GenerationRequest(key=str(i), prompt_ids=tuple(p), seed=0) for i, p in enumerate(prompts)]
+        # Backends reject k beyond the vocabulary; the tail bin carries whatever is left.
+        k = min(capture_top_k, len(teacher.tokenizer))
+        params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=0.0, top_k_logprobs=k)
+        outputs: dict[str, Any] = {}
+        for out in tqdm(teacher.generate(requests, params), total=len(requests), desc=desc, unit="req",
+                        disable=desc is None, leave=False):
+            outputs[out.key] = out
+        return [
+            Generation(
+                prompt_ids=list(prompts[i]), response_ids=[int(t) for t in outputs[str(i)].response_ids],
+                text=outputs[str(i)].text, topk_ids=outputs[str(i)].topk_ids,
+                topk_logprobs=outputs[str(i)].topk_logprobs,
+            )
+            for i in range(len(prompts))
+        ]
+
+    return _Opened(
+        via=str(teacher.backend), tokenizer=teacher.tokenizer, params=params_from_safetensors(model_path),
+        generate=generate, kl=None, sync=lambda: None, close=teacher.close,
+    )
+
+
+def _open(path: str, config: EvalConfig) -> tuple[_Opened, str]:
+    model_path, backend = resolve_model(path)
+    if backend == "hf":
+        return _open_hf(model_path, config), model_path
+    return _open_backend(path, model_path, config), model_path
+
+
 def evaluate_model(
     name: str, path: str, suite: Suite, config: EvalConfig, *, teacher_ref: TeacherRef | None,
     capture_teacher: bool, judge: _Judge, out_dir: Path,
 ) -> tuple[dict[str, Any], TeacherRef | None]:
     """Evaluate one model; never raises for model problems (they go into the entry)."""
-    import torch
-
     from distill.fingerprint import tokenizer_fingerprint
     from distill.prompts import encode_prompt
 
@@ -626,27 +746,22 @@ def evaluate_model(
     for metric in GATE_METRICS:
         entry.setdefault(metric, None)
     entry["score_ci"] = None
-    device, dtype = _torch_device_dtype(config)
     started = time.perf_counter()
-    model = None
+    opened: _Opened | None = None
     new_ref = None
     try:
-        model_path = resolve_model_path(path)
-        entry["resolved_path"] = model_path
-        try:
-            model, tokenizer = load_model(model_path, device, dtype)
-        except Exception as exc:
-            raise RuntimeError(f"failed to load model from {model_path}: {type(exc).__name__}: {exc}") from exc
-        entry["params"] = count_params(model)
+        opened, entry["resolved_path"] = _open(path, config)
+        entry["via"] = opened.via
+        entry["params"] = opened.params
+        tokenizer = opened.tokenizer
         prompts = [encode_prompt(tokenizer, row.messages) for row in suite.rows]
-        generations = generate_greedy(
-            model, tokenizer, prompts, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
-            capture_top_k=config.kl_top_k if capture_teacher else 0, desc=f"{name}: generate",
-        )
+        generations = opened.generate(prompts, config.kl_top_k if capture_teacher else 0, f"{name}: generate")
         texts = [g.text for g in generations]
         fingerprint = tokenizer_fingerprint(tokenizer)
         if capture_teacher:
-            new_ref = TeacherRef(name=name, texts=texts, tokenizer_fingerprint=fingerprint, generations=generations)
+            black_box = any(g.topk_ids is None for g in generations)
+            new_ref = TeacherRef(name=name, texts=texts, tokenizer_fingerprint=fingerprint,
+                                 generations=None if black_box else generations)
         # Judge rows need the judge's replies; any failure there is counted per row.
         replies: dict[str, str] | None = {}
         if any(row.scorer.kind == "judge" for row in suite.rows):
@@ -703,19 +818,20 @@ def evaluate_model(
                 entry["errors"]["kl"] = f"teacher '{ref.name}' returns no log-probs (black-box)"
             elif ref.tokenizer_fingerprint != fingerprint:
                 entry["errors"]["kl"] = f"tokenizer differs from the teacher's ({ref.name}); token-level KL is undefined"
+            elif opened.kl is None:
+                entry["errors"]["kl"] = f"the {opened.via} backend exposes no full next-token distribution"
             else:
                 try:
-                    kl, kl_tokens = kl_to_teacher(model, ref, batch_size=config.batch_size, desc=f"{name}: KL")
+                    kl, kl_tokens = opened.kl(ref, f"{name}: KL")
                     entry["kl_to_teacher"] = None if math.isnan(kl) else kl
                     entry["kl_tokens"] = kl_tokens
                 except Exception as exc:
                     entry["errors"]["kl"] = f"{type(exc).__name__}: {exc}"
         _write_jsonl(out_dir / "outputs" / f"{name}.jsonl", row_records)
         try:
-            speed_prompts = prompts[: config.speed_prompts]
             speed = measure_speed(
-                model, tokenizer, speed_prompts, batch_size=config.batch_size,
-                max_new_tokens=config.max_new_tokens, desc=name,
+                lambda batch: opened.generate(batch, 0, None), prompts[: config.speed_prompts],
+                batch_size=config.batch_size, max_new_tokens=config.max_new_tokens, desc=name, sync=opened.sync,
             )
             entry["speed"] = speed
             entry.update(
@@ -738,45 +854,32 @@ def evaluate_model(
         print(f"error: model '{name}': {entry['error']}", file=sys.stderr)
     finally:
         entry["eval_seconds"] = round(time.perf_counter() - started, 2)
-        del model
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        if opened is not None:
+            try:
+                opened.close()
+            except Exception as exc:
+                print(f"warning: model '{name}': close failed: {exc}", file=sys.stderr)
     return entry, new_ref
 
 
 def _protocol_teacher_ref(spec: str, suite: Suite, config: EvalConfig) -> TeacherRef:
-    """Greedy answers + top-k from a teacher backend (vLLM, HTTP, HF) through the Teacher protocol."""
+    """Greedy answers + top-k from a teacher that is not among --model (any backend), used only
+    as the reference for agreement and KL."""
     from distill.fingerprint import tokenizer_fingerprint
     from distill.prompts import encode_prompt
-    from distill.teachers import load_teacher
-    from distill.teachers.base import GenerationRequest, SamplingParams
+    from distill.teachers import teacher_recipe
 
-    teacher = load_teacher(spec)
+    opened = _open_backend(spec, str(teacher_recipe(spec)["model"]), config)
     try:
-        requests = [
-            GenerationRequest(key=row.id, prompt_ids=tuple(encode_prompt(teacher.tokenizer, row.messages)), seed=0)
-            for row in suite.rows
-        ]
-        params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=0.0, top_k_logprobs=config.kl_top_k)
-        outputs = {out.key: out for out in teacher.generate(requests, params)}
-        ordered = [outputs[req.key] for req in requests]
-        black_box = any(out.topk_ids is None for out in ordered)
-        generations = None
-        if not black_box:
-            generations = [
-                Generation(
-                    prompt_ids=[int(t) for t in out.prompt_ids], response_ids=[int(t) for t in out.response_ids],
-                    text=out.text, topk_ids=out.topk_ids, topk_logprobs=out.topk_logprobs,
-                )
-                for out in ordered
-            ]
+        prompts = [encode_prompt(opened.tokenizer, row.messages) for row in suite.rows]
+        generations = opened.generate(prompts, config.kl_top_k, f"teacher {spec}: generate")
+        black_box = any(g.topk_ids is None for g in generations)
         return TeacherRef(
-            name=spec, texts=[out.text for out in ordered],
-            tokenizer_fingerprint=tokenizer_fingerprint(teacher.tokenizer), generations=generations,
+            name=spec, texts=[g.text for g in generations],
+            tokenizer_fingerprint=tokenizer_fingerprint(opened.tokenizer), generations=None if black_box else generations,
         )
     finally:
-        teacher.close()
+        opened.close()
 
 
 def run(config: EvalConfig) -> dict[str, Any]:
@@ -789,7 +892,7 @@ def run(config: EvalConfig) -> dict[str, Any]:
     suite = load_suite(config.suite, config.limit)
     gate_tree = parse_gate(config.gate, models) if config.gate else None
     for name, path in models.items():
-        resolve_model_path(path)  # fail fast on specs that name nothing
+        resolve_model(path)  # fail fast on specs that name nothing
     teacher_spec = None
     if config.teacher is not None and config.teacher not in models:
         from distill.teachers import teacher_recipe

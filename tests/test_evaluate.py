@@ -471,3 +471,27 @@ def test_model_failure_alone_exits_4(models, tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["models"]["good"]["score"] == 1.0 and report["models"]["good"]["agreement"] is None
     assert report["models"]["broken"]["status"] == "failed"
+
+
+def test_model_served_by_a_teacher_backend(models, tmp_path, monkeypatch):
+    """A --model whose recipe names a serving backend (vLLM, HTTP) is run through the Teacher
+    protocol: scored, timed, its size read from safetensors headers, its top-k used as the
+    teacher's side of other models' KL; it has no KL of its own."""
+    import distill.evaluate as ev
+    from distill.evaluate import EvalConfig, count_params, load_model, run
+
+    real_resolve = ev.resolve_model
+    served = str(models["a42"])
+    monkeypatch.setattr(ev, "resolve_model", lambda spec: (spec, "vllm") if spec == served else real_resolve(spec))
+    suite = write_suite(tmp_path / "suite.jsonl", SUITE_ROWS)
+    report = run(EvalConfig(
+        models=(f"teacher={served}", f"student={models['a41']}"), suite=str(suite), out=str(tmp_path / "out"),
+        teacher="teacher", max_new_tokens=12, batch_size=4, speed_prompts=2, kl_top_k=1000,
+    ))
+    teacher, student = report["models"]["teacher"], report["models"]["student"]
+    assert teacher["via"] == "hf" and student["via"] == "transformers"  # HFTeacher stands in for vLLM here
+    assert teacher["score"] == 0.75 and teacher["agreement"] == 1.0 and teacher["tokens_per_s"] > 0
+    assert teacher["kl_to_teacher"] is None and "exposes no full next-token distribution" in teacher["errors"]["kl"]
+    model, _ = load_model(served, __import__("torch").device("cpu"), __import__("torch").float32)
+    assert teacher["params"] == count_params(model)  # untied embeddings: both matrices in the file
+    assert student["score"] == 0.25 and student["kl_to_teacher"] > 0.1
