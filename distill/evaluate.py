@@ -151,6 +151,8 @@ def resolve_model(spec: str) -> tuple[str, str]:
 
     path = Path(spec)
     if path.is_dir() and not (path / "recipe.yaml").is_file():
+        if not (path / "config.json").is_file() and (path / "final" / "config.json").is_file():
+            return str(path / "final"), "hf"  # a `distill train` output folder: its merged model
         return str(path), "hf"
     try:
         recipe = teacher_recipe(spec)
@@ -358,7 +360,7 @@ def load_model(path: str, device: Any, dtype: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
+        raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory (nor a `distill train` output with final/)")
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model.to(device)

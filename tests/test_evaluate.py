@@ -495,3 +495,20 @@ def test_model_served_by_a_teacher_backend(models, tmp_path, monkeypatch):
     model, _ = load_model(served, __import__("torch").device("cpu"), __import__("torch").float32)
     assert teacher["params"] == count_params(model)  # untied embeddings: both matrices in the file
     assert student["score"] == 0.25 and student["kl_to_teacher"] > 0.1
+
+
+def test_model_spec_resolution(tmp_path):
+    from distill.evaluate import resolve_model
+
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "final" / "config.json").write_text("{}")
+    assert resolve_model(str(tmp_path / "run")) == (str(tmp_path / "run" / "final"), "hf")
+    assert resolve_model(str(tmp_path / "run" / "final")) == (str(tmp_path / "run" / "final"), "hf")
+    assert resolve_model("Qwen/Qwen2.5-0.5B-Instruct") == ("Qwen/Qwen2.5-0.5B-Instruct", "hf")
+    recipe = tmp_path / "served.yaml"
+    recipe.write_text("model: Qwen/Qwen2.5-72B-Instruct\nbackend: vllm\n")
+    assert resolve_model(str(recipe)) == ("Qwen/Qwen2.5-72B-Instruct", "vllm")
+    with pytest.raises(ConfigError, match="names no 'model' to evaluate"):
+        resolve_model("tiny-test")  # a random-init student recipe: nothing trained to evaluate
+    with pytest.raises(ConfigError, match="not a model directory"):
+        resolve_model(str(tmp_path / "a" / "b"))
