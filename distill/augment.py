@@ -302,12 +302,12 @@ class EchoDetector:
             toks = words(part)
             self.grams.update(tuple(toks[i : i + n]) for i in range(len(toks) - n + 1))
 
-    def __call__(self, text: str) -> bool:
+    def __call__(self, text: str, toks: list[str] | None = None) -> bool:
         from distill.dedup import words
 
-        if _CHATTER.match(normalize_text(text)[:120]):
+        if _CHATTER.match(normalize_text(text[:200])):
             return True
-        toks = words(text)
+        toks = words(text) if toks is None else toks
         return any(tuple(toks[i : i + self.n]) in self.grams for i in range(len(toks) - self.n + 1))
 
 
@@ -392,13 +392,15 @@ class _State:
         self.echo = EchoDetector(templates.meta_prompt)
         tok = teacher.tokenizer
         self.special_tokens = [t for t in getattr(tok, "all_special_tokens", []) if len(t) > 1]
+        # Chat-template tokens around a user turn, with a margin for merges across its edges.
+        self.template_overhead = len(encode_prompt(tok, [{"role": "user", "content": ""}])) + 8
 
     def add_accepted(self, record: PromptRecord) -> None:
         from distill.dedup import exact_key
 
         self.accepted.append(record)
         self.exact.setdefault(exact_key(record.prompt), record.id)
-        self.near.add(record.id, record.prompt)
+        self.near.add(record.id, record.prompt)  # no-op when already indexed as a round candidate
 
 
 def _examples_for(state: _State, rng: random.Random) -> list[PromptRecord]:
@@ -463,28 +465,33 @@ def _screen(state: _State, text: str, prompt_limit: int, teacher: Any, contamina
     broken = broken_format(text, state.special_tokens)
     if broken:
         return "broken_format", broken
-    if len(words(text)) < config.min_words:
-        return "too_short", f"{len(words(text))} words"
+    toks = words(text)
+    if len(toks) < config.min_words:
+        return "too_short", f"{len(toks)} words"
     if is_refusal(text):
         return "refusal", ""
-    if state.echo(text):
+    if state.echo(text, toks):
         return "meta_prompt_echo", ""
     key = exact_key(text)
     if key in state.seed_exact:
         return "seed_copy", state.seed_exact[key]
-    contained = state.seed_contained.match(text)
+    contained = state.seed_contained.match(text, toks)
     if contained is not None:
         return "seed_copy", " ".join(contained)[:80]
     if key in state.exact or key in pending:
         return "exact_duplicate", state.exact.get(key) or pending[key]
-    num_tokens = len(encode_prompt(teacher.tokenizer, [{"role": "user", "content": text}]))
-    if num_tokens > prompt_limit:
-        return "too_long", f"{num_tokens} tokens > {prompt_limit}"
-    near = state.near.query(text)
+    # Every tokenizer we serve (byte-level BPE, SentencePiece with byte fallback) writes at most
+    # one token per UTF-8 byte, so a prompt whose bytes fit cannot be too long: skip the
+    # chat-template tokenization, the costliest check, for the usual short prompt.
+    if len(text.encode("utf-8")) + state.template_overhead > prompt_limit:
+        num_tokens = len(encode_prompt(teacher.tokenizer, [{"role": "user", "content": text}]))
+        if num_tokens > prompt_limit:
+            return "too_long", f"{num_tokens} tokens > {prompt_limit}"
+    near = state.near.query(text, toks)
     if near is not None:
         return "near_duplicate", f"{near[0]} jaccard={near[1]:.2f}"
     if contamination is not None:
-        gram = contamination.match(text)
+        gram = contamination.match(text, toks)
         if gram is not None:
             return "contaminated", " ".join(gram)
     return None, ""
@@ -541,9 +548,11 @@ def _run_round(state: _State, templates: Templates, teacher: Any, round_index: i
                 counts[reason] += 1
                 rejected.append({"round": round_index, "reason": reason, "detail": detail, "text": text, "parents": parent_ids})
                 continue
-            cand_key = f"r{round_index}-q{index}-p{j}"
+            # Indexed under its final id right away: later candidates of this round dedup
+            # against it, and an accepted one stays indexed (rejected ones are removed below).
+            cand_key = prompt_hash(({"role": "user", "content": text},))
             pending[exact_key(text)] = cand_key
-            state.near.add(cand_key, text)  # later candidates in this round dedup against it
+            state.near.add(cand_key, text)
             survivors.append((cand_key, text, parent_ids, index))
 
     scores: dict[str, int | None] = {}
@@ -552,7 +561,6 @@ def _run_round(state: _State, templates: Templates, teacher: Any, round_index: i
     accepted_now: list[PromptRecord] = []
     surplus = 0
     for cand_key, text, parent_ids, index in survivors:
-        state.near.remove(cand_key)
         reason = None
         if config.judge_threshold > 0:
             score = scores.get(cand_key)
@@ -561,17 +569,19 @@ def _run_round(state: _State, templates: Templates, teacher: Any, round_index: i
             elif score < config.judge_threshold:
                 reason = "judge_below_threshold"
         if reason is not None:
+            state.near.remove(cand_key)
             counts[reason] += 1
             rejected.append({"round": round_index, "reason": reason, "detail": f"score={scores.get(cand_key)}", "text": text, "parents": parent_ids})
             continue
         if len(state.accepted) >= config.num_prompts:
+            state.near.remove(cand_key)
             surplus += 1
             continue
         messages = ({"role": "user", "content": text},)
         origin: dict[str, Any] = {"source": "synthetic", "round": round_index, "parents": parent_ids, "request": index}
         if config.judge_threshold > 0:
             origin["judge_score"] = scores[cand_key]
-        record = PromptRecord(id=prompt_hash(messages), messages=messages, origin=origin)
+        record = PromptRecord(id=cand_key, messages=messages, origin=origin)
         state.add_accepted(record)
         accepted_now.append(record)
     return {

@@ -94,8 +94,9 @@ class NgramIndex:
             else:
                 self.grams.update(tuple(toks[i : i + n]) for i in range(len(toks) - n + 1))
 
-    def match(self, text: str) -> tuple[str, ...] | None:
-        toks = words(text)
+    def match(self, text: str, toks: list[str] | None = None) -> tuple[str, ...] | None:
+        """A word n-gram of ``text`` found in the suite, or None (``toks``: ``words(text)`` if known)."""
+        toks = words(text) if toks is None else toks
         for i in range(len(toks) - self.n + 1):
             gram = tuple(toks[i : i + self.n])
             if gram in self.grams:

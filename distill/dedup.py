@@ -17,6 +17,7 @@ changed slots in a 20-word prompt already fall near Jaccard 0.5. Character shing
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections import Counter
@@ -38,15 +39,16 @@ def exact_key(text: str) -> str:
     return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()
 
 
-def shingles(text: str, kind: str = "word", size: int = 3) -> set[str]:
-    """The shingle set of ``text``. A text shorter than ``size`` is one shingle (itself)."""
+def shingles(text: str, kind: str = "word", size: int = 3, toks: list[str] | None = None) -> set[str]:
+    """The shingle set of ``text`` (``toks``: its ``words`` if already computed). A text shorter
+    than ``size`` is one shingle (itself)."""
     assert kind in SHINGLE_KINDS, kind
+    toks = words(text) if toks is None else toks
     if kind == "word":
-        toks = words(text)
         if len(toks) <= size:
             return {" ".join(toks)} if toks else set()
         return {" ".join(toks[i : i + size]) for i in range(len(toks) - size + 1)}
-    flat = " ".join(words(text))
+    flat = " ".join(toks)
     if len(flat) <= size:
         return {flat} if flat else set()
     return {flat[i : i + size] for i in range(len(flat) - size + 1)}
@@ -56,6 +58,16 @@ def jaccard(a: set[str], b: set[str]) -> float:
     if not a and not b:
         return 1.0
     return len(a & b) / len(a | b)
+
+
+@functools.lru_cache(maxsize=None)
+def _lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows) datasketch picks for recall-weighted (0.01, 0.99) errors; cached because
+    datasketch finds them by numerical integration (~0.1 s) on every index it builds."""
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.01, 0.99))
+    return lsh.b, lsh.r
 
 
 class NearDuplicateIndex:
@@ -76,10 +88,11 @@ class NearDuplicateIndex:
         # Candidates are verified with the exact Jaccard below, so false positives cost only a set
         # intersection each: pick bands for recall (~99% of pairs at the threshold are proposed,
         # against ~44% with datasketch's balanced default; at 128 perms and 0.7 that is 25 bands of 5).
-        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.01, 0.99))
+        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, params=_lsh_params(threshold, num_perm))
         # One set of permutations shared by every signature (building them per MinHash costs 4x).
         self._proto = MinHash(num_perm=num_perm, seed=seed)
         self._shingles: dict[str, set[str]] = {}
+        self._last: tuple[str, set[str], object] | None = None  # (text, shingles, signature) of the last query
 
     def __len__(self) -> int:
         return len(self._shingles)
@@ -94,24 +107,38 @@ class NearDuplicateIndex:
         sig.update_batch([s.encode("utf-8") for s in sorted(shingle_set)])
         return sig
 
-    def query(self, text: str) -> tuple[str, float] | None:
-        """(key, Jaccard) of the most similar indexed text with Jaccard >= threshold, else None."""
-        sh = shingles(text, self.kind, self.size)
-        if not sh or not self._shingles:
+    def _shingles_and_signature(self, text: str, toks: list[str] | None = None):
+        # add() right after query() of the same text (the usual accept path) reuses its signature.
+        if self._last is not None and self._last[0] == text:
+            return self._last[1], self._last[2]
+        sh = shingles(text, self.kind, self.size, toks)
+        sig = self._signature(sh) if sh else None
+        self._last = (text, sh, sig)
+        return sh, sig
+
+    def query(self, text: str, toks: list[str] | None = None) -> tuple[str, float] | None:
+        """(key, Jaccard) of the most similar indexed text with Jaccard >= threshold, else None.
+        ``toks``: ``words(text)`` if the caller has them."""
+        if not self._shingles:
+            return None
+        sh, sig = self._shingles_and_signature(text, toks)
+        if not sh:
             return None
         best: tuple[str, float] | None = None
-        for key in self._lsh.query(self._signature(sh)):
+        for key in self._lsh.query(sig):
             sim = jaccard(sh, self._shingles[key])
             if sim >= self.threshold and (best is None or sim > best[1] or (sim == best[1] and key < best[0])):
                 best = (key, sim)
         return best
 
     def add(self, key: str, text: str) -> None:
-        sh = shingles(text, self.kind, self.size)
-        if not sh or key in self._shingles:
+        if key in self._shingles:
+            return
+        sh, sig = self._shingles_and_signature(text)
+        if not sh:
             return
         self._shingles[key] = sh
-        self._lsh.insert(key, self._signature(sh))
+        self._lsh.insert(key, sig)
 
     def remove(self, key: str) -> None:
         if key in self._shingles:
