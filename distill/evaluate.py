@@ -884,6 +884,15 @@ def _protocol_teacher_ref(spec: str, suite: Suite, config: EvalConfig) -> Teache
         opened.close()
 
 
+def _check_teacher_spec(flag: str, spec: str, models: dict[str, str]) -> None:
+    from distill.teachers import teacher_recipe
+
+    try:
+        teacher_recipe(spec)
+    except (ConfigError, FileNotFoundError) as exc:
+        raise ConfigError(f"{flag} '{spec}' is neither a --model name ({', '.join(models)}) nor a teacher recipe or model dir: {exc}") from None
+
+
 def run(config: EvalConfig) -> dict[str, Any]:
     """Evaluate every model, write report.json/.md/.png under ``config.out``, return the report.
 
@@ -897,9 +906,7 @@ def run(config: EvalConfig) -> dict[str, Any]:
         resolve_model(path)  # fail fast on specs that name nothing
     teacher_spec = None
     if config.teacher is not None and config.teacher not in models:
-        from distill.teachers import teacher_recipe
-
-        teacher_recipe(config.teacher)  # ConfigError now, not after the first model
+        _check_teacher_spec("--teacher", config.teacher, models)  # now, not after the first model
         teacher_spec = config.teacher
     judge_name = config.judge or config.teacher
     judge_rows = sum(1 for row in suite.rows if row.scorer.kind == "judge")
@@ -909,9 +916,7 @@ def run(config: EvalConfig) -> dict[str, Any]:
             raise ConfigError(f"{suite.path}: {judge_rows} rows use the 'judge' scorer: give --judge or --teacher")
         judge_spec = models.get(judge_name, judge_name)
         if judge_name not in models:
-            from distill.teachers import teacher_recipe
-
-            teacher_recipe(judge_spec)
+            _check_teacher_spec("--judge" if config.judge else "--teacher", judge_spec, models)
     out_dir = Path(config.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -422,6 +422,9 @@ def test_bad_suite_and_bad_model_spec_fail_before_any_model_runs(models, tmp_pat
                           (f"x={tmp_path}/nope/nothing", "is not a model directory")):
         result = CliRunner().invoke(main, ["eval", "--model", spec, "--suite", str(good), "--out", str(tmp_path / "o2")])
         assert result.exit_code == 2 and message in result.output, result.output
+    result = CliRunner().invoke(main, ["eval", "--model", f"m={models['a42']}", "--suite", str(good),
+                                       "--out", str(tmp_path / "o2"), "--teacher", "techer"])
+    assert result.exit_code == 2 and "--teacher 'techer' is neither a --model name (m)" in result.output
     assert not (tmp_path / "out").exists() and not (tmp_path / "o2").exists()
 
 
