@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ ROLES = ("system", "user", "assistant")
 SKIP_REASONS = ("malformed_json", "not_utf8", "not_an_object", "missing_prompt", "empty_prompt", "wrong_type",
                 "bad_messages", "duplicate_id", "prompt_too_long")
 MAX_ERRORS_SHOWN = 5
+_BAD_BYTES = re.compile("[\udc80-\udcff]")
 
 
 class InputError(ConfigError):
@@ -88,12 +90,9 @@ def _jsonl(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _csv(path: Path) -> Iterator[tuple[str, Any]]:
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise InputError(f"{path}:{line}: not valid UTF-8 (byte {exc.start}); the CSV file cannot be read") from None
+    # surrogateescape keeps undecodable bytes as lone surrogates, so the bad record (not the
+    # whole file) is reported, and --skip-invalid can skip just that record
+    text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     if reader.fieldnames is None:
         return
@@ -105,6 +104,9 @@ def _csv(path: Path) -> Iterator[tuple[str, Any]]:
         start = reader.line_num + 1
         record = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
         if not record:
+            continue
+        if any(isinstance(v, str) and _BAD_BYTES.search(v) for v in record.values()):
+            yield where, _Bad("not_utf8", f"{where}: not valid UTF-8")
             continue
         if isinstance(record.get("messages"), str):
             try:

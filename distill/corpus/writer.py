@@ -245,6 +245,12 @@ class CorpusWriter:
         """Create the folders and record the run identity (idempotent)."""
         self.check_identity()
         (self.out_dir / DATA_DIR).mkdir(parents=True, exist_ok=True)
+        # Temp files of this worker's shards left by a killed run (other workers' are not touched:
+        # they may be writing right now into the same folder).
+        mine = {f".{self.shard_path(j).name}.tmp" for j in self.my_shards()}
+        for stale in (self.out_dir / DATA_DIR).glob(".*.tmp-*"):
+            if stale.name.rsplit("-", 1)[0] in mine:
+                stale.unlink(missing_ok=True)
         run_path = self.out_dir / RUN_NAME
         if not run_path.exists():
             payload = {"format": FORMAT_NAME, "identity_sha256": self.identity_sha256, "identity": self.identity}
