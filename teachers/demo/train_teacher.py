@@ -1,0 +1,145 @@
+"""Train the demo teacher from scratch: a small Qwen2 model that solves the demo task AND writes
+new task prompts when given the augmentation meta-prompt, like an instruct teacher.
+
+    python teachers/demo/train_teacher.py              # rewrites teachers/demo/model/*
+    python teachers/demo/train_teacher.py --steps 200  # a quick smoke run into --out
+
+Deterministic on CPU for a fixed torch build and thread count (seeded data, init and batch
+order). Running time and the measured accuracy are in docs/demo.md.
+
+Training data (all from the task generator's own stream, never a seed or eval prompt):
+- task examples: a problem as the user turn -> its worked answer;
+- augmentation examples: ``distill.augment``'s meta-prompt filled with ``few_shot`` example
+  problems (exactly as ``distill generate --augment`` renders it) -> ``num_new`` fresh problems,
+  each on its own line starting with "Prompt:".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT / "data" / "demo"))
+
+import make_data  # noqa: E402
+import task  # noqa: E402
+import trainlib  # noqa: E402
+
+# The teacher: 8 layers make it ~4x slower per token than the 2-layer demo student; ~3.6M
+# parameters (14.6 MB of fp32 safetensors) keep it under the 20 MB budget.
+MODEL = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=8, num_attention_heads=6,
+             num_key_value_heads=2, max_position_embeddings=1024)
+
+
+def meta_prompt_template() -> str:
+    """The meta-prompt the teacher learns: the recipe's augment.meta_prompt (pinned there, the
+    built-in default of distill.augment at training time) so later edits of the default do not
+    change what the shipped teacher was trained on."""
+    import yaml
+
+    recipe = yaml.safe_load((HERE / "recipe.yaml").read_text())
+    return recipe["augment"]["meta_prompt"]
+
+
+def augmentation_examples(count: int, rng: random.Random, pool: list[task.Problem], few_shot: int,
+                          num_new: int) -> list[tuple[str, str]]:
+    """(meta-prompt, "Prompt: ..." lines) pairs; examples and targets drawn from ``pool``."""
+    from distill.augment import EXAMPLE_PREFIX, render_meta_prompt
+
+    template = meta_prompt_template()
+    out = []
+    for _ in range(count):
+        picks = rng.sample(pool, few_shot + num_new)
+        prompt = render_meta_prompt(template, [p.prompt for p in picks[:few_shot]], num_new)
+        response = "\n".join(EXAMPLE_PREFIX + p.prompt for p in picks[few_shot:])
+        out.append((prompt, response))
+    return out
+
+
+def build_model(tokenizer, seed: int):
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=-(-len(tokenizer) // 64) * 64, tie_word_embeddings=True,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=None, **MODEL)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    return model
+
+
+def task_accuracy(model, tokenizer, problems: list[task.Problem]) -> float:
+    outputs = trainlib.greedy(model, tokenizer, [p.prompt for p in problems])
+    return sum(task.extract_answer(o) == p.answer for o, p in zip(outputs, problems)) / len(problems)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(HERE / "model"), help="model directory to write")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--task-examples", type=int, default=60000)
+    parser.add_argument("--augment-examples", type=int, default=8000)
+    parser.add_argument("--few-shot", type=int, default=3, help="as distill.augment's default")
+    parser.add_argument("--num-new", type=int, default=5, help="as distill.augment's default")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--save-every", type=int, default=0, help="also save OUT/step-N every N steps")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    tokenizer = AutoTokenizer.from_pretrained(HERE / "model")
+    seeds, evals = make_data.seed_problems(), make_data.eval_problems()
+    held_out = {p.prompt for p in seeds} | {p.prompt for p in evals}
+    problems = make_data.training_problems(args.task_examples, exclude=held_out)
+    rng = random.Random(args.seed)
+    pairs = [(p.prompt, p.response) for p in problems]
+    pairs += augmentation_examples(args.augment_examples, rng, problems, args.few_shot, args.num_new)
+    examples = [trainlib.encode_example(tokenizer, prompt, response) for prompt, response in pairs]
+    print(f"{len(examples)} examples ({args.augment_examples} augmentation), "
+          f"{sum(len(a) + len(b) for a, b in examples) / len(examples):.0f} tokens each on average", flush=True)
+
+    model = build_model(tokenizer, args.seed)
+    print(f"{sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
+    check = evals[:200]
+
+    def report(step: int) -> None:
+        if args.save_every and step % args.save_every == 0 and step < args.steps:
+            model.save_pretrained(Path(args.out) / f"step-{step}")
+            print(f"step {step}: task accuracy on 200 eval prompts {task_accuracy(model, tokenizer, check):.3f}",
+                  flush=True)
+            model.train()
+
+    # A constant learning rate after warmup: the weights after S steps are the same whatever
+    # --steps is, so a run can be stopped at any saved step and still be reproduced exactly.
+    trainlib.train(model, examples, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                   pad_id=tokenizer.pad_token_id, seed=args.seed, cosine=False, callback=report)
+    accuracy = task_accuracy(model, tokenizer, evals)
+    train_seconds = time.time() - start
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    summary = {"steps": args.steps, "batch_size": args.batch_size, "examples": len(examples),
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "eval_accuracy_greedy": accuracy, "seconds": round(train_seconds), "threads": args.threads,
+               "torch": torch.__version__}
+    (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
