@@ -52,7 +52,8 @@ from distill.prompts import normalize_text
 KNOWN_SCORERS = ("exact", "regex:PATTERN", "numeric[:TOL|:TOL%]", "contains", "python:module:function", "judge")
 
 # A number as people and models write it: sign, thousands separators, decimals, exponent.
-_NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
+# A sign right after a digit is a dash ("3-5"), not a minus.
+_NUMBER_RE = re.compile(r"(?<![\d.])[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|\.\d+)")
 
 DEFAULT_RUBRIC = (
     "Judge whether the answer correctly and completely responds to the question; when a reference "

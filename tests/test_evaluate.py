@@ -73,6 +73,10 @@ def test_numeric_last_number_with_tolerances():
     assert score_output(parse_scorer("numeric:1%", "s:1"), "1600 m", "1609").score == 1.0
     assert score_output(parse_scorer("numeric:0.1%", "s:1"), "1600 m", "1609").score == 0.0
     assert score_output(parse_scorer("numeric", "s:1"), "no idea", "4").failure == "no_answer"
+    assert score_output(parse_scorer("numeric", "s:1"), "pages 3-5", "5").score == 1.0  # a dash, not a minus
+    assert score_output(parse_scorer("numeric", "s:1"), "it went from 2 to -5", "-5").score == 1.0
+    assert score_output(parse_scorer("numeric", "s:1"), "1,2,3", "3").score == 1.0
+    assert score_output(parse_scorer("numeric", "s:1"), "x = .5", "0.5").score == 1.0
 
 
 def test_python_scorer_results_and_errors():
