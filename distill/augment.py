@@ -737,7 +737,24 @@ def augment_prompts(
 
 
 # ---------------------------------------------------------------------------------------------
-# the standalone command
+# the standalone command, and the step inside `distill generate --augment N`
+
+
+def augment_config_for(generate_config: Any) -> AugmentConfig:
+    """The AugmentConfig of ``distill generate --augment N``: its ``--augment-config`` YAML, then
+    the generate flags that mean the same thing (seed, response budget, suite, judge)."""
+    from distill.config import load_config
+
+    g = generate_config
+    overrides: dict[str, Any] = {
+        "teacher": g.teacher, "prompts": g.prompts, "out": str(Path(g.out) / "augment"), "backend": g.backend,
+        "num_prompts": g.augment, "seed": g.seed, "max_new_tokens": g.max_new_tokens, "progress": g.progress,
+    }
+    if g.decontaminate:
+        overrides["decontaminate"] = g.decontaminate
+    if g.judge_threshold:
+        overrides["judge_threshold"] = g.judge_threshold
+    return load_config(AugmentConfig, g.augment_config, overrides)
 
 
 def read_seeds(path: str) -> list[PromptRecord]:

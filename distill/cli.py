@@ -182,6 +182,10 @@ def train_command(ctx: click.Context, config_path: str | None, **params: Any) ->
 @click.option("--rows-per-shard", type=int, help="rows per Parquet shard, the unit of resume  [default: 1024]")
 @click.option("--skip-invalid", is_flag=True, default=None, help="skip invalid seed records, counted in the manifest  [default: fail]")
 @click.option("--progress/--no-progress", default=None, help="progress bar  [default: on]")
+@click.option("--augment", type=int, help="first let the teacher write N new prompts from the seeds (docs/augmentation.md)  [default: 0]")
+@click.option("--augment-config", type=click.Path(dir_okay=False), help="YAML of augmentation settings (AugmentConfig keys) for --augment")
+@click.option("--decontaminate", help="with --augment: eval suite (name in eval/ or JSONL) whose 13-grams synthetic prompts must avoid")
+@click.option("--judge-threshold", type=float, help="with --augment: keep synthetic prompts the teacher judges >= this (1-5)  [default: 0 = off]")
 @click.pass_context
 def generate_command(ctx: click.Context, config_path: str | None, **params: Any) -> None:
     """Teacher answers the prompts; writes a corpus with top-k log-probs (resumable, shardable)."""

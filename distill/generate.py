@@ -63,8 +63,12 @@ class GenerateConfig:
     skip_invalid: bool = field(False, help="skip invalid seed records (counted per reason in the manifest) instead of failing")
     logprob_scale: int = field(DEFAULT_LOGPROB_SCALE, help="log-prob quantization: codes per nat (error <= 0.5/scale)")
     progress: bool = field(True, help="show a progress bar")
-    # Prompt augmentation plugs in here: its fields (e.g. ``augment: int`` = number of synthetic
-    # prompts, and the AugmentConfig knobs it forwards) go below, and ``prompts_to_answer`` calls it.
+    # Prompt augmentation (distill/augment.py): with augment > 0 the teacher first writes that many
+    # new prompts from the seeds; the corpus answers seeds + synthetic prompts.
+    augment: int = field(0, help="synthetic prompts the teacher writes from the seeds before answering (0 = none)")
+    augment_config: str | None = field(None, help="YAML of AugmentConfig keys (few_shot, near_dup_threshold, ...) for --augment")
+    decontaminate: str | None = field(None, help="with --augment: eval suite (name in eval/ or JSONL) no synthetic prompt may share a 13-gram with")
+    judge_threshold: float = field(0.0, help="with --augment: keep synthetic prompts the teacher judges >= this (1-5); 0 = no judge")
 
     def __post_init__(self) -> None:
         for name, flag in (("teacher", "--teacher"), ("prompts", "--prompts"), ("out", "--out")):
@@ -89,6 +93,11 @@ class GenerateConfig:
         if not 16 <= self.logprob_scale <= 1 << 16:
             raise ValueError(f"logprob_scale must be in [16, 65536], got {self.logprob_scale}")
         parse_shard(self.shard)
+        if self.augment < 0:
+            raise ValueError(f"--augment must be >= 0, got {self.augment}")
+        if self.augment and parse_shard(self.shard)[1] > 1:
+            raise ValueError("--augment with --shard: run `distill augment` once, then every worker with "
+                             "--prompts AUGMENT_DIR/prompts.jsonl, so all workers answer the same prompts")
 
     def generation_params(self) -> dict[str, Any]:
         """What determines a response besides teacher and prompt: part of every row id."""
@@ -107,13 +116,25 @@ def row_seed(base_seed: int, rid: str) -> int:
     return int(hashlib.sha256(f"{base_seed}:{rid}".encode()).hexdigest()[:15], 16)
 
 
-def prompts_to_answer(config: GenerateConfig, teacher: Any, seeds: list[Any]) -> list[Any]:
-    """THE list of prompts the teacher answers, in a deterministic order.
+def prompts_to_answer(config: GenerateConfig, teacher: Any, seeds: list[Any]) -> tuple[list[Any], dict[str, Any] | None]:
+    """THE list of prompts the teacher answers, in a deterministic order, and the augmentation
+    stats (None without --augment).
 
-    Today: the ingested seeds. Prompt augmentation adds its accepted synthetic prompts here
-    (after the seeds, deterministic given config.seed) so every later step is unchanged.
+    The ingested seeds, then (with --augment N) the accepted synthetic prompts, deterministic
+    given config.seed; augmentation rounds are kept under OUT/augment/ so a rerun resumes them.
     """
-    return list(seeds)
+    if not config.augment:
+        return list(seeds), None
+    from pathlib import Path
+
+    from distill.augment import augment_config_for, augment_prompts, summary_lines
+    from distill.teachers import teacher_recipe
+
+    augment = augment_config_for(config)
+    result = augment_prompts(teacher, seeds, augment, recipe=teacher_recipe(config.teacher), work_dir=Path(config.out) / "augment")
+    for line in summary_lines(result.stats):
+        print(line, file=sys.stderr)
+    return list(seeds) + result.records, result.stats
 
 
 @dataclass
@@ -209,7 +230,7 @@ def run(config: GenerateConfig) -> dict[str, Any]:
     overrides = {"batch_size": config.batch_size} if config.batch_size is not None else {}
     teacher = load_teacher(config.teacher, backend=config.backend, **overrides)
     try:
-        records = prompts_to_answer(config, teacher, seeds.records)
+        records, augmentation = prompts_to_answer(config, teacher, seeds.records)
         skipped = Counter(seeds.skipped)
         encoded = _encode_and_check(config, teacher, records, skipped)
         planned = plan_rows(config, encoded)
@@ -267,7 +288,7 @@ def run(config: GenerateConfig) -> dict[str, Any]:
             "backend": {"name": teacher.backend, "version": fingerprint.get("backend_version")},
             "generation": {**config.generation_params(), "top_k": top_k, "backend": teacher.backend},
             "ingest": ingest_stats,
-            "augmentation": None,  # filled by prompt augmentation when it ran (its stats)
+            "augmentation": augmentation,  # prompt augmentation's stats when it ran
             "stats": stats,
         })
     finally:

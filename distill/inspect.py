@@ -12,11 +12,13 @@ def summarize(corpus: Any) -> dict[str, Any]:
     """The numbers of a corpus as one JSON-able dict (the --json output)."""
     import pyarrow.parquet as pq
 
-    prompts: set[str] = set()
+    from distill.dedup import diversity
+
+    prompts: dict[str, str] = {}  # prompt id -> text, for the diversity figures
     reasons: Counter[str] = Counter()
     for path in corpus.shard_paths:
-        table = pq.read_table(path, columns=["prompt_id", "finish_reason"])
-        prompts.update(table["prompt_id"].to_pylist())
+        table = pq.read_table(path, columns=["prompt_id", "finish_reason", "prompt_text"])
+        prompts.update(zip(table["prompt_id"].to_pylist(), table["prompt_text"].to_pylist()))
         reasons.update(table["finish_reason"].to_pylist())
     skipped: Counter[str] = Counter()
     duplicates = 0
@@ -49,6 +51,8 @@ def summarize(corpus: Any) -> dict[str, Any]:
         "manifests": [str(p) for p in corpus.manifest_paths],
         # Prompt augmentation's stats (accepted, rejected per reason, ...) when it ran; None otherwise.
         "augmentation": first.get("augmentation"),
+        # Of the distinct prompts answered: distinct-1/2/3 word n-grams, word-length histogram.
+        "diversity": diversity(sorted(prompts.values())),
     }
 
 
@@ -112,7 +116,17 @@ def run(paths: list[str], *, as_json: bool = False, samples: int = 2, verify: bo
         f"finish        {info['finish_reasons']}",
         f"ingest        duplicates collapsed {info['duplicates_collapsed']}, skipped {info['skipped'] or 'none'}",
     ]
-    if info["augmentation"] is not None:
-        lines.append(f"augmentation  {json.dumps(info['augmentation'], sort_keys=True)[:300]}")
+    aug = info["augmentation"]
+    if aug is not None:
+        rejected = ", ".join(f"{k} {v}" for k, v in aug["rejected"].items() if v) or "none"
+        lines.append(f"augmentation  {aug['seeds']} seeds -> {aug['accepted']}/{aug['target']} synthetic prompts "
+                     f"({aug['stopped'].replace('_', ' ')}, {aug['rounds']} rounds); rejected: {rejected}")
+    div = info["diversity"]
+    hist = div["length_words_histogram"]
+    lines.append(f"diversity     distinct-1/2/3 {div['distinct_1']:.3f} / {div['distinct_2']:.3f} / {div['distinct_3']:.3f}, "
+                 f"mean prompt {div['mean_length_words']} words")
+    if hist["counts"]:
+        bins = "  ".join(f"{lo}-{hi - 1}: {n}" for lo, hi, n in zip(hist["edges"], hist["edges"][1:], hist["counts"]))
+        lines.append(f"prompt words  {bins}")
     print("\n".join(lines + sample_lines(corpus, samples)))
     return info

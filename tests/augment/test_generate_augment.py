@@ -1,0 +1,95 @@
+"""`distill generate --augment N` on the real HF teacher, then `distill inspect --json`.
+
+The tiny random teacher writes byte soup, so for the augmentation requests only (those asking
+for no log-probs) its text is swapped for planted prompts; the responses, their top-k and the
+corpus are the real HF backend's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+
+from click.testing import CliRunner
+
+from distill.cli import main
+from tests.augment.fake_teacher import random_prompt
+from tests.test_augment import SEED_TEXTS
+
+
+class PlantedAugmentText:
+    def __init__(self, inner):
+        self.inner = inner
+        self.tokenizer, self.max_context, self.backend = inner.tokenizer, inner.max_context, inner.backend
+        self.augment_requests = 0
+
+    def fingerprint(self):
+        return self.inner.fingerprint()
+
+    def generate(self, requests, params):
+        seeds = {r.key: r.seed for r in requests}
+        for out in self.inner.generate(requests, params):
+            if params.top_k_logprobs == 0:
+                self.augment_requests += 1
+                rng = random.Random(seeds[out.key])
+                out = dataclasses.replace(out, text="\n".join("Prompt: " + random_prompt(rng) for _ in range(3)), finish_reason="stop")
+            yield out
+
+    def score(self, requests, top_k):
+        return self.inner.score(requests, top_k)
+
+    def close(self):
+        self.inner.close()
+
+
+def test_generate_augment_then_inspect(tmp_path, tiny_teacher_dir, monkeypatch):
+    from distill.teachers.hf import HFTeacher
+
+    teachers = []
+
+    def load_teacher(spec, backend=None, **overrides):
+        teachers.append(PlantedAugmentText(HFTeacher(str(spec), device="cpu", dtype="float32", **overrides)))
+        return teachers[-1]
+
+    monkeypatch.setattr("distill.teachers.load_teacher", load_teacher)
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in SEED_TEXTS))
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text(json.dumps({"prompt": "Totally unrelated evaluation prompt about the history of tea ceremonies in Kyoto temples."}) + "\n")
+    aug_yaml = tmp_path / "aug.yaml"
+    aug_yaml.write_text("few_shot: 2\nrequests_per_round: 3\ngeneration_max_tokens: 16\n")
+    out = tmp_path / "corpus"
+    args = ["generate", "--teacher", str(tiny_teacher_dir), "--prompts", str(seeds), "--out", str(out),
+            "--max-new-tokens", "4", "--top-k", "3", "--batch-size", "8", "--no-progress",
+            "--augment", "10", "--augment-config", str(aug_yaml), "--decontaminate", str(suite)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "10/10 prompts accepted from 4 seeds" in result.output
+
+    info = json.loads(CliRunner().invoke(main, ["inspect", str(out), "--json"]).output)
+    aug = info["augmentation"]
+    assert aug["seeds"] == 4 and aug["accepted"] == 10 and isinstance(aug["rejected"], dict)
+    assert aug["decontamination"]["suite_prompts"] == 1
+    assert info["prompts"] == 14 and info["rows"] == 14
+    assert {"distinct_1", "distinct_2", "distinct_3", "length_words_histogram"} <= set(info["diversity"])
+    assert sum(info["diversity"]["length_words_histogram"]["counts"]) == 14
+    human = CliRunner().invoke(main, ["inspect", str(out), "--samples", "0"]).output
+    assert "augmentation  4 seeds -> 10/10 synthetic prompts" in human and "distinct-1/2/3" in human
+
+    # Synthetic rows carry their lineage into the corpus.
+    from distill.corpus import open_corpus
+
+    origins = [row.origin for row in open_corpus(out).iter_rows()]
+    synthetic = [o for o in origins if o.get("source") == "synthetic"]
+    assert len(synthetic) == 10 and all(o["round"] >= 1 and len(o["parents"]) == 2 for o in synthetic)
+
+    # The same command again: augmentation resumes from its rounds (no new prompts written), corpus complete.
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "already complete" in again.output
+    assert teachers[-1].augment_requests == 0
+
+    bad = CliRunner().invoke(main, args[:-2] + ["--decontaminate", "no-such-suite", "--out", str(tmp_path / "c2")])
+    assert bad.exit_code == 2 and "unknown suite 'no-such-suite'" in bad.output
+    bad = CliRunner().invoke(main, args + ["--shard", "0/2", "--out", str(tmp_path / "c3")])
+    assert bad.exit_code == 2 and "--augment with --shard" in bad.output
