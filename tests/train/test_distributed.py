@@ -1,0 +1,97 @@
+"""Multi-process training on CPU: DeepSpeed ZeRO-2/3 (DS_ACCELERATOR=cpu, gloo) under torchrun,
+full and LoRA; 2 ranks == 1 rank; kill -9 then --resume reproduces the uninterrupted losses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.train.conftest import REPO, read_metrics, run_cli, train_args
+from tests.train.test_train import assert_weights_close, cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_zero3_two_ranks_equal_one_rank_and_final_loads(tiny_student_dir, kd_corpus, tmp_path):
+    """2 processes x 1 micro-batch (ZeRO-3) == 1 process x 2 micro-batches (no DeepSpeed): same
+    global batch, one division by the global token count -> same loss and same update."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = dict(max_steps=1, lr="1e-4")
+    result = cli(train_args(tiny_student_dir, kd_corpus, one, grad_accum=2, **common))
+    assert result.exit_code == 0, result.output
+    run_cli(train_args(tiny_student_dir, kd_corpus, two, deepspeed="zero3", **common), nproc=2)
+    m1, m2 = read_metrics(one)[0], read_metrics(two)[0]
+    assert m1["response_tokens"] == m2["response_tokens"]
+    for key in ("loss", "kd", "ce"):
+        assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-6)
+    assert_weights_close(one / "final", two / "final", atol=1e-5)
+    # the ZeRO-3 OUT/final is a complete HF model dir: loads and generates
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(two / "final")
+    tok = AutoTokenizer.from_pretrained(two / "final")
+    ids = torch.tensor([tok.encode("the sum of")])
+    assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] > ids.shape[1]
+
+
+@pytest.mark.parametrize("stage,lora", [("zero2", False), ("zero2", True), ("zero3", True)])
+def test_deepspeed_two_ranks(stage, lora, tiny_student_dir, kd_corpus, tmp_path):
+    out = tmp_path / "out"
+    extra = {"lora": True, "lora_rank": 4, "lr": "1e-2"} if lora else {}
+    run_cli(train_args(tiny_student_dir, kd_corpus, out, deepspeed=stage, max_steps=2, **extra), nproc=2)
+    steps = [m for m in read_metrics(out) if "loss" in m]
+    assert [m["step"] for m in steps] == [1, 2] and all(np.isfinite(m["loss"]) for m in steps)
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    trained = load_file(str(out / "final" / "model.safetensors"))
+    initial = load_file(str(Path(tiny_student_dir) / "model.safetensors"))
+    changed = [k for k in initial if k in trained and not torch.equal(initial[k], trained[k])]
+    assert changed, "no weight changed"
+    if lora:
+        assert (out / "adapter" / "adapter_config.json").is_file()
+        assert not any("lora" in k for k in trained), "OUT/final must hold the merged model"
+        assert all("proj" in k for k in changed), changed  # only LoRA-wrapped projections moved
+    model = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2, do_sample=False).shape[1] == 5
+
+
+def test_kill_then_resume_matches_uninterrupted(tiny_student_dir, kd_corpus, tmp_path):
+    steps, every = 24, 4
+    args = dict(max_steps=steps, save_every=every, tokens_per_batch=512, gradient_checkpointing=True)
+    ref = tmp_path / "ref"
+    result = cli(train_args(tiny_student_dir, kd_corpus, ref, **args))
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "distill", *train_args(tiny_student_dir, kd_corpus, out, **args)],
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 180
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists():
+            lines = [l for l in metrics.read_text().splitlines() if l.strip()]
+            if len(lines) >= every + 2:  # past the first checkpoint, mid-interval
+                proc.send_signal(signal.SIGKILL)
+                killed_at = len(lines)
+                break
+        time.sleep(0.01)
+    proc.wait()
+    assert killed_at is not None and proc.returncode == -signal.SIGKILL, "run ended before it could be killed"
+    assert killed_at < steps
+    run_cli(train_args(tiny_student_dir, kd_corpus, out, resume=True, **args))
+    got = {m["step"]: m["loss"] for m in read_metrics(out) if "loss" in m}
+    want = {m["step"]: m["loss"] for m in read_metrics(ref) if "loss" in m}
+    assert sorted(got) == list(range(1, steps + 1))
+    for step in range(1, steps + 1):
+        assert got[step] == pytest.approx(want[step], rel=1e-6, abs=1e-7), step
+    assert_weights_close(ref / "final", out / "final", atol=1e-6)
