@@ -657,7 +657,7 @@ def _open_hf(model_path: str, config: EvalConfig) -> _Opened:
     try:
         model, tokenizer = load_model(model_path, device, dtype)
     except Exception as exc:
-        raise RuntimeError(f"failed to load model from {model_path}: {type(exc).__name__}: {exc}") from exc
+        raise RuntimeError(f"cannot load model: {type(exc).__name__}: {exc}") from exc
 
     def generate(prompts: Sequence[list[int]], capture_top_k: int, desc: str | None) -> list[Generation]:
         return generate_greedy(model, tokenizer, prompts, batch_size=config.batch_size,
@@ -1041,8 +1041,7 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for name, e in report["models"].items():
         if e.get("status") != "ok":
-            error = str(e.get("error"))
-            rows.append([name, "FAILED: " + (error if len(error) <= 60 else error[:57] + "...")] + ["-"] * (len(header) - 2))
+            rows.append([name, "FAILED (see below)"] + ["-"] * (len(header) - 2))
             continue
         ci = e.get("score_ci") or [None, None]
         failed = f"{e['failed_rows']}/{e['rows']}"
@@ -1058,8 +1057,9 @@ def format_table(report: dict[str, Any]) -> str:
     """A fixed-width table for the terminal."""
     header, rows = table_rows(report)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    failed = [f"{name}: FAILED: {e.get('error')}" for name, e in report["models"].items() if e.get("status") != "ok"]
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows] + failed)
 
 
 def format_markdown(report: dict[str, Any]) -> str:

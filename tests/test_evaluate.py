@@ -211,7 +211,7 @@ MODELS = {
     "student": {"score": 0.9, "kl_to_teacher": 0.2, "tokens_per_s": 300.0, "params": 1000, "agreement": None,
                 "error": None},
     "teacher": {"score": 0.93, "kl_to_teacher": 0.0, "tokens_per_s": 100.0, "params": 10000},
-    "broken": {"score": None, "error": "failed to load model from x"},
+    "broken": {"score": None, "error": "cannot load model: x"},
 }
 
 
@@ -232,7 +232,7 @@ def test_gate_pass_and_fail_with_values():
 
 def test_gate_unavailable_values_fail_with_a_reason():
     passed, _, why = gate("broken.score > 0.5")
-    assert not passed and "broken.score is unavailable (failed to load model from x)" in why
+    assert not passed and "broken.score is unavailable (cannot load model: x)" in why
     passed, _, why = gate("student.agreement > 0.5")
     assert not passed and "student.agreement is unavailable" in why
     passed, _, why = gate("student.score / (teacher.params - 10000) > 0")
@@ -352,9 +352,9 @@ def test_empty_outputs_and_broken_model_are_recorded_not_fatal(full_run):
     assert empty["score"] == 0.0 and empty["failures"] == {"empty_output": 8} and empty["failed_rows"] == 8
     assert empty["agreement"] == 0.0
     broken = report["models"]["broken"]
-    assert broken["status"] == "failed" and "failed to load model" in broken["error"] and str(broken["path"])
+    assert broken["status"] == "failed" and "cannot load model: " in broken["error"] and broken["path"]
     assert broken["score"] is None
-    assert "broken: FAILED" not in result.output or "FAILED" in result.output
+    assert "broken: FAILED: cannot load model" in result.output
 
 
 def test_gate_failure_exit_code_and_printed_values(full_run):
