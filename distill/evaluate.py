@@ -1000,10 +1000,13 @@ def run(config: EvalConfig) -> dict[str, Any]:
 
 
 def exit_code(report: dict[str, Any]) -> int:
-    """3 when the gate failed, else 4 when some model failed to evaluate, else 0."""
+    """3 when the gate failed, else 4 when some model (or the teacher reference, or the judge)
+    failed, else 0."""
     if report.get("gate") is not None and not report["gate"]["passed"]:
         return EXIT_GATE_FAILED
     if any(entry.get("status") != "ok" for entry in report["models"].values()):
+        return EXIT_MODEL_FAILED
+    if report.get("teacher_error") or report.get("judge_error"):
         return EXIT_MODEL_FAILED
     return EXIT_OK
 

@@ -519,3 +519,14 @@ def test_model_spec_resolution(tmp_path):
         resolve_model("tiny-test")  # a random-init student recipe: nothing trained to evaluate
     with pytest.raises(ConfigError, match="not a model directory"):
         resolve_model(str(tmp_path / "a" / "b"))
+
+
+def test_exit_code_precedence():
+    from distill.evaluate import EXIT_OK, exit_code
+
+    ok = {"models": {"a": {"status": "ok"}}, "gate": None}
+    assert exit_code(ok) == EXIT_OK
+    assert exit_code({**ok, "teacher_error": "teacher 'x' failed"}) == EXIT_MODEL_FAILED
+    failed = {"models": {"a": {"status": "ok"}, "b": {"status": "failed"}}, "gate": {"passed": True}}
+    assert exit_code(failed) == EXIT_MODEL_FAILED
+    assert exit_code({**failed, "gate": {"passed": False}}) == EXIT_GATE_FAILED
