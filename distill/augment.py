@@ -526,6 +526,12 @@ def _run_round(state: _State, templates: Templates, teacher: Any, round_index: i
         accepted_per_request = len(state.accepted) / state.requests if state.requests and state.accepted else config.prompts_per_request * 0.5
         num_requests = max(1, min(256, math.ceil(remaining / max(accepted_per_request, 0.05))))
     requests, parents = _round_requests(state, templates, teacher, round_index, num_requests)
+    if not requests:
+        raise ConfigError(
+            f"--generation-max-tokens: no meta-prompt fits: even with one example, the meta-prompt plus "
+            f"{config.generation_max_tokens} generated tokens exceeds the teacher's context of {teacher.max_context} "
+            "tokens; lower --generation-max-tokens or use shorter seeds/meta-prompt"
+        )
     params = SamplingParams(max_new_tokens=config.generation_max_tokens, temperature=config.temperature, top_p=config.top_p, top_k_logprobs=0)
     outputs = _timed_generate(teacher, requests, params, state.timing, "teacher_generate_s") if requests else {}
 

@@ -383,6 +383,12 @@ def test_meta_prompt_placeholders_validated(tokenizer):
     assert resolve_templates(cfg()).meta_prompt == DEFAULT_META_PROMPT
 
 
+def test_meta_prompt_that_cannot_fit_is_a_clear_error(tokenizer):
+    teacher = FakeTeacher(tokenizer, random_responder(), max_context=300)
+    with pytest.raises(ConfigError, match=r"--generation-max-tokens: no meta-prompt fits"):
+        augment_prompts(teacher, make_seeds(), cfg(num_prompts=5, few_shot=2, generation_max_tokens=250, max_new_tokens=64))
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="near_dup_threshold"):
         AugmentConfig(near_dup_threshold=0)
