@@ -511,7 +511,11 @@ def _train(config, accelerator, corpus, tokenizer, source, model_config, kd_weig
     model = _load_model(source, model_config, dtype, config.attn_implementation)
     model.config.use_cache = False
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers >= 5.2x renamed it; the lent GPU machine's older release has only the old name
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora_config = None
     if config.lora:
         from peft import LoraConfig, get_peft_model

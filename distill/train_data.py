@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-WINDOW_GROUPS = 8  # row groups per length-grouping window (and twice that in the row cache)
+WINDOW_GROUPS = 4  # row groups per length-grouping window (the row cache holds twice that)
 
 
 @dataclass(frozen=True)
