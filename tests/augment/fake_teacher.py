@@ -16,6 +16,19 @@ import numpy as np
 from distill.teachers.base import GenerationRequest, SamplingParams, TeacherOutput
 
 
+class CharTokenizer:
+    """One id per character, no chat template: a tokenizer without transformers (fast to import)."""
+
+    chat_template = None
+    all_special_tokens: list[str] = []
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": [ord(c) for c in text]}
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return "".join(chr(int(i)) for i in ids)
+
+
 class FakeTeacher:
     backend = "fake"
 

@@ -90,3 +90,30 @@ def test_hf_backend_round_trip(tiny_teacher_dir):
     assert stats["timing_s"]["teacher_generate"] > 0
     assert [(r.id, r.origin) for r in first.records] == [(r.id, r.origin) for r in second.records]
     assert first.rejected == second.rejected
+
+
+def test_deterministic_across_processes():
+    """Same --seed, different Python hash seeds (set/dict orders): identical prompts and rejections."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import hashlib, json\n"
+        "from tests.augment.fake_teacher import CharTokenizer, FakeTeacher, random_responder\n"
+        "from tests.test_augment import cfg, make_seeds\n"
+        "from distill.augment import augment_prompts\n"
+        "r = augment_prompts(FakeTeacher(CharTokenizer(), random_responder()), make_seeds(), cfg(num_prompts=40, "
+        "few_shot=2, synthetic_fraction=0.5, requests_per_round=5, judge_threshold=3))\n"
+        "blob = json.dumps([[x.id, x.origin] for x in r.records] + [r.rejected], sort_keys=True)\n"
+        "print(hashlib.sha256(blob.encode()).hexdigest(), r.stats['accepted'])\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    digests = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(root)}
+        out = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        digests.append(out.stdout.strip().splitlines()[-1])
+    assert digests[0] == digests[1] and digests[0].endswith(" 40")
