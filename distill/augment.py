@@ -445,7 +445,8 @@ def _timed_generate(teacher: Any, requests: list, params: Any, timing: Counter, 
         outputs[out.key] = out
     timing[label] += time.perf_counter() - start
     missing = [r.key for r in requests if r.key not in outputs]
-    assert not missing, f"teacher returned no output for {missing[:3]}"
+    if missing:
+        raise RuntimeError(f"teacher returned no output for {len(missing)} request(s), e.g. {missing[0]}")
     return outputs
 
 
