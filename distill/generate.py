@@ -264,7 +264,8 @@ def run(config: GenerateConfig) -> dict[str, Any]:
         bar = tqdm(total=todo_rows, desc="generate", unit="row", disable=not config.progress)
         for index in todo:
             shard_rows = planned[index * config.rows_per_shard:(index + 1) * config.rows_per_shard]
-            requests = [GenerationRequest(key=p.rid, prompt_ids=p.prompt_ids, seed=p.seed) for p in shard_rows]
+            requests = [GenerationRequest(key=p.rid, prompt_ids=p.prompt_ids, seed=p.seed,
+                                          messages=tuple(p.record.messages)) for p in shard_rows]
             outputs: dict[str, Any] = {}
             for output in teacher.generate(requests, params):
                 outputs[output.key] = output

@@ -45,6 +45,9 @@ class GenerationRequest:
     key: str
     prompt_ids: tuple[int, ...]
     seed: int
+    # The chat messages the prompt ids were built from: only a chat-API endpoint (which applies
+    # its own template server-side) needs them; every other backend uses the ids.
+    messages: tuple[dict[str, str], ...] = field(default=(), compare=False, hash=False)
 
 
 @dataclass(frozen=True)
