@@ -20,5 +20,25 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
+# Contract tests: vLLM's real output and OpenAI-server types, on CPU, in their own venv so the main
+# one stays light. torch first (the local CPU wheel satisfies vllm's pin); then vllm; then drop
+# the CUDA builds of torchvision/torchaudio/torchcodec it pulls in, which break `import vllm` on CPU.
+CONTRACT_VENV ?= .venv-contract
+CPY := $(CONTRACT_VENV)/bin/python
+VLLM_VERSION ?= 0.32.0
+
+$(CONTRACT_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(CONTRACT_VENV)
+	$(CPY) -m pip install -q --upgrade pip
+	$(CPY) -m pip install -q torch==$(TORCH_VERSION)
+	$(CPY) -m pip install -q vllm==$(VLLM_VERSION)
+	$(CPY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(CPY) -m pip install -q --no-deps -e .
+	$(CPY) -m pip install -q pytest pytest-timeout
+	touch $@
+
+contract: $(CONTRACT_VENV)/.installed
+	$(CPY) -m pytest -q -m contract tests/contract; rc=$$?; if [ $$rc -eq 5 ]; then echo "no contract tests collected"; exit 1; fi; exit $$rc
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) $(CONTRACT_VENV) build dist *.egg-info
