@@ -5,7 +5,7 @@ prompts accepted in earlier rounds), fill the meta-prompt, let the teacher write
 generation into one or several prompts, normalize them, and run every candidate through the
 filters in this order, stopping at the first that rejects it (its reason is counted once):
 
-    empty, broken_format, truncated, too_short, refusal, meta_prompt_echo, seed_copy,
+    empty, truncated, broken_format, too_short, refusal, meta_prompt_echo, seed_copy,
     exact_duplicate, too_long, near_duplicate, contaminated, judge_unparseable, judge_below_threshold
 
 Rounds continue until ``num_prompts`` are accepted or ``max_rounds`` are spent; the stats say
@@ -43,8 +43,8 @@ AUGMENT_FORMAT_VERSION = 1
 SHINGLE_KINDS = ("word", "char")
 REJECT_REASONS = (
     "empty",
-    "broken_format",
     "truncated",
+    "broken_format",
     "too_short",
     "refusal",
     "meta_prompt_echo",
