@@ -256,6 +256,66 @@ def chunk_rows(vocab_size: int, max_elements: int = 1 << 24) -> int:
     return max(16, max_elements // max(1, vocab_size))
 
 
+class _HeadLossGradInForward(torch.autograd.Function):
+    """LM head + loss whose gradients are computed chunk by chunk *in the forward pass*.
+
+    Per chunk: logits -> fp32 loss -> d(loss)/d(logits) with autograd on that chunk alone, then
+    grad_hidden[chunk] = dlogits @ W and grad_W += dlogits^T @ hidden[chunk] (in place, so no
+    second [V x H] buffer ever exists). Backward only scales the stored gradients by the incoming
+    scalar. Nothing [N x V] outlives a chunk and nothing is recomputed.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, topk_ids, topk_logprobs, options, chunk_size):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        kd = total.clone()
+        ce = total.clone()
+        for start in range(0, hidden.shape[0], chunk_size):
+            sl = slice(start, start + chunk_size)
+            h = hidden[sl]
+            with torch.enable_grad():
+                logits = F.linear(h, weight).float().detach().requires_grad_(need_h or need_w)
+                sums = kd_ce_sums(
+                    logits, targets[sl], None if topk_ids is None else topk_ids[sl],
+                    None if topk_logprobs is None else topk_logprobs[sl], **options,
+                )
+            if need_h or need_w:
+                (dlogits,) = torch.autograd.grad(sums.total, logits)
+                if need_h:
+                    grad_h[sl] = dlogits.to(weight.dtype) @ weight
+                if need_w:
+                    if weight.dtype == torch.float32:
+                        grad_w.addmm_(dlogits.t(), h.float())
+                    else:  # bf16 GEMM (fast), accumulated in fp32
+                        grad_w.add_(dlogits.to(weight.dtype).t() @ h)
+                del dlogits
+            del logits
+            total += sums.total.detach()
+            kd += sums.kd
+            ce += sums.ce
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        ctx.mark_non_differentiable(kd, ce)
+        return total, kd, ce
+
+    @staticmethod
+    def backward(ctx, grad_total, grad_kd, grad_ce):
+        grad_h, grad_w = ctx.saved_tensors
+        if grad_h is not None:
+            grad_h = grad_h * grad_total.to(grad_h.dtype)
+        if grad_w is not None:
+            grad_w = grad_w.mul_(grad_total).to(ctx.weight_dtype)  # in place: no second V x H buffer
+        return grad_h, grad_w, None, None, None, None, None
+
+
+def _partitioned(weight: torch.Tensor) -> bool:
+    """True for a DeepSpeed ZeRO-3 parameter (its data lives in shards until a module hook gathers it)."""
+    return getattr(weight, "ds_id", None) is not None
+
+
 def chunked_head_loss(
     hidden: torch.Tensor,
     lm_head: torch.nn.Module,
@@ -269,33 +329,44 @@ def chunked_head_loss(
     beta: float = 0.5,
     alpha: float = 0.1,
     chunk_size: int | None = None,
+    mode: str | None = None,
 ) -> LossSums:
     """LM head + KD/CE over response positions only, in chunks; never [N x V] for the batch.
 
     hidden: [N, H] final hidden states at the N response positions (prompt positions never reach
-    the head). lm_head: the model's output-embedding *module* (nn.Linear, a tied embedding's
-    Linear, a PEFT-wrapped Linear): it is called as a module so DeepSpeed ZeRO-3's hooks gather
-    its partitioned weight, in the forward and again in the backward recompute.
+    the head). lm_head: the model's output-embedding module (a plain nn.Linear, possibly tied to
+    the input embedding, or a PEFT-wrapped / ZeRO-3-partitioned one).
 
-    Each chunk runs under non-reentrant activation checkpointing: its fp32 logits and softmax
-    intermediates are freed after the forward and recomputed, one chunk at a time, in the
-    backward. Recomputing through the same autograd graph (not a nested backward) matters: the
-    weight's AccumulateGrad runs once per step, which DDP and ZeRO require for a weight that is
-    also the (tied) input embedding.
+    Two ways to the same numbers (``mode``; chosen automatically when None):
+    - ``"in_forward"`` (plain nn.Linear, weight not partitioned): a custom autograd Function
+      computes each chunk's gradients in the forward pass (see _HeadLossGradInForward). The
+      weight is one input of one Function, so its AccumulateGrad runs once per backward even
+      when it is also the tied input embedding (what DDP and ZeRO-2 require).
+    - ``"recompute"`` (ZeRO-3 partitioned weight, PEFT-wrapped head): the head is *called as a
+      module* per chunk under non-reentrant activation checkpointing, so ZeRO-3's hooks gather
+      the weight in the forward and again when the chunk is recomputed in the backward. Chunk
+      activations are freed after the forward and rebuilt one chunk at a time; the recompute
+      runs inside the same autograd graph, so the weight's gradient is still accumulated once.
     """
-    from torch.utils.checkpoint import checkpoint
-
     n = hidden.shape[0]
     out_features = getattr(lm_head, "out_features", None) or lm_head.weight.shape[0]
     if chunk_size is None:
         chunk_size = chunk_rows(int(out_features))
+    options = dict(kd_weight=kd_weight, divergence_name=divergence_name, temperature=temperature, beta=beta, alpha=alpha)
+    plain = type(lm_head) is torch.nn.Linear and lm_head.bias is None and not _partitioned(lm_head.weight)
+    if mode is None:
+        mode = "in_forward" if plain else "recompute"
+    if mode == "in_forward":
+        assert plain, "in_forward needs a bias-free, unpartitioned nn.Linear head"
+        total, kd, ce = _HeadLossGradInForward.apply(hidden, lm_head.weight, targets, topk_ids, topk_logprobs, options, chunk_size)
+        return LossSums(total, kd, ce)
+    assert mode == "recompute", mode
+    from torch.utils.checkpoint import checkpoint
+
     use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad
 
     def one_chunk(h, tgt, ids, lps):
-        return kd_ce_sums(
-            lm_head(h), tgt, ids, lps, kd_weight=kd_weight, divergence_name=divergence_name,
-            temperature=temperature, beta=beta, alpha=alpha,
-        )
+        return kd_ce_sums(lm_head(h), tgt, ids, lps, **options)
 
     total = hidden.new_zeros((), dtype=torch.float32)
     kd = total.detach().clone()

@@ -195,9 +195,10 @@ class Head(torch.nn.Module):
         return self.proj(h)
 
 
+@pytest.mark.parametrize("mode", ["in_forward", "recompute"])
 @pytest.mark.parametrize("name", ["forward_kl", "jsd", "tvd"])
 @pytest.mark.parametrize("kd_weight", [0.0, 0.5, 1.0])
-def test_chunked_equals_unchunked(name, kd_weight):
+def test_chunked_equals_unchunked(name, kd_weight, mode):
     head = Head().proj
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(37, 16, generator=g, requires_grad=True)
@@ -206,7 +207,7 @@ def test_chunked_equals_unchunked(name, kd_weight):
     kwargs = dict(kd_weight=kd_weight, divergence_name=name, temperature=1.3)
     full = losses.kd_ce_sums(head(hidden), targets, t_lp.indices, t_lp.values, **kwargs)
     grads_full = torch.autograd.grad(full.total, [hidden, head.weight])
-    chunked = losses.chunked_head_loss(hidden, head, targets, t_lp.indices, t_lp.values, chunk_size=5, **kwargs)
+    chunked = losses.chunked_head_loss(hidden, head, targets, t_lp.indices, t_lp.values, chunk_size=5, mode=mode, **kwargs)
     grads_chunked = torch.autograd.grad(chunked.total, [hidden, head.weight])
     for a, b in zip(full, chunked):
         assert a.item() == pytest.approx(b.item(), rel=1e-5)
@@ -223,7 +224,8 @@ def test_chunked_black_box_ce_only():
     assert s.total.item() == pytest.approx(ref.item(), rel=1e-5) and s.kd.item() == 0.0
 
 
-def test_chunked_tied_embedding_gradient_accumulates_once():
+@pytest.mark.parametrize("mode", ["in_forward", "recompute"])
+def test_chunked_tied_embedding_gradient_accumulates_once(mode):
     """Tied input/output embedding: one AccumulateGrad for the weight across chunks + embedding."""
     emb = torch.nn.Embedding(97, 16)
     head = torch.nn.Linear(16, 97, bias=False)
@@ -232,9 +234,38 @@ def test_chunked_tied_embedding_gradient_accumulates_once():
     emb.weight.register_post_accumulate_grad_hook(lambda p: calls.append(1))
     ids = torch.randint(0, 97, (20,))
     hidden = torch.tanh(emb(ids))
-    s = losses.chunked_head_loss(hidden, head, ids.roll(1), None, None, kd_weight=0.0, chunk_size=3)
-    s.total.backward()
+    s = losses.chunked_head_loss(hidden, head, ids.roll(1), None, None, kd_weight=0.0, chunk_size=3, mode=mode)
+    (2.0 * s.total).backward()
     assert len(calls) == 1
+    ref_emb = torch.nn.Embedding(97, 16)
+    ref_emb.weight.data.copy_(emb.weight.data)
+    h = torch.tanh(ref_emb(ids))
+    (2.0 * torch.nn.functional.cross_entropy(h @ ref_emb.weight.t(), ids.roll(1), reduction="sum")).backward()
+    torch.testing.assert_close(emb.weight.grad, ref_emb.weight.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_through_peft_lora_head():
+    """A PEFT-wrapped head (LoRA on lm_head) takes the module path; gradients reach the adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm_head = torch.nn.Linear(16, 97, bias=False)
+
+        def forward(self, h):
+            return self.lm_head(h)
+
+    model = get_peft_model(M(), LoraConfig(r=2, target_modules=["lm_head"], init_lora_weights=False))
+    head = model.base_model.model.lm_head
+    hidden = torch.randn(11, 16)
+    targets = torch.randint(0, 97, (11,))
+    s = losses.chunked_head_loss(hidden, head, targets, None, None, kd_weight=0.0, chunk_size=4)
+    s.total.backward()
+    ref = torch.nn.functional.cross_entropy(head(hidden), targets, reduction="sum")
+    assert s.total.item() == pytest.approx(ref.item(), rel=1e-5)
+    lora_grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
+    assert lora_grads and all(g is not None and g.abs().sum() > 0 for g in lora_grads)
 
 
 def test_accumulation_micro_batches_equal_one_batch():
