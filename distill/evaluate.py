@@ -601,11 +601,12 @@ def _judge_replies(judge: Any, suite: Suite, outputs: list[str], max_new_tokens:
     from distill.prompts import encode_prompt
     from distill.teachers.base import GenerationRequest, SamplingParams
 
-    requests = [
-        GenerationRequest(key=row.id, prompt_ids=tuple(encode_prompt(judge.tokenizer, judge_prompt(row, text))), seed=0)
-        for row, text in zip(suite.rows, outputs)
-        if row.scorer.kind == "judge" and text.strip()
-    ]
+    requests = []
+    for row, text in zip(suite.rows, outputs):
+        if row.scorer.kind == "judge" and text.strip():
+            messages = tuple(judge_prompt(row, text))
+            requests.append(GenerationRequest(key=row.id, prompt_ids=tuple(encode_prompt(judge.tokenizer, messages)),
+                                              seed=0, messages=messages))
     if not requests:
         return {}
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, top_k_logprobs=0)
@@ -636,15 +637,20 @@ class _Judge:
             self.teacher.close()
 
 
+# A prompt as every backend needs it: token ids (chat template applied once, here) and the chat
+# messages they came from (for chat-API endpoints that template server-side).
+Prompt = tuple[list[int], tuple[dict[str, str], ...]]
+
+
 @dataclass
 class _Opened:
-    """A model ready to answer: ``generate(prompts, capture_top_k, desc)`` greedy-decodes token-id
-    prompts; ``kl`` is None when the backend exposes no full distribution."""
+    """A model ready to answer: ``generate(prompts, capture_top_k, desc)`` greedy-decodes
+    (prompt ids, chat messages) pairs; ``kl`` is None when the backend exposes no full distribution."""
 
     via: str
     tokenizer: Any
     params: int | None
-    generate: Callable[[Sequence[list[int]], int, str | None], list[Generation]]
+    generate: Callable[[Sequence[Prompt], int, str | None], list[Generation]]
     kl: Callable[[TeacherRef, str | None], tuple[float, int]] | None
     sync: Callable[[], None]
     close: Callable[[], None]
@@ -659,8 +665,8 @@ def _open_hf(model_path: str, config: EvalConfig) -> _Opened:
     except Exception as exc:
         raise RuntimeError(f"cannot load model: {type(exc).__name__}: {exc}") from exc
 
-    def generate(prompts: Sequence[list[int]], capture_top_k: int, desc: str | None) -> list[Generation]:
-        return generate_greedy(model, tokenizer, prompts, batch_size=config.batch_size,
+    def generate(prompts: Sequence[Prompt], capture_top_k: int, desc: str | None) -> list[Generation]:
+        return generate_greedy(model, tokenizer, [ids for ids, _ in prompts], batch_size=config.batch_size,
                                max_new_tokens=config.max_new_tokens, capture_top_k=capture_top_k, desc=desc,
                                sort_by_length=desc is not None)
 
@@ -705,8 +711,12 @@ def _open_backend(spec: str, model_path: str, config: EvalConfig) -> _Opened:
     except Exception as exc:
         raise RuntimeError(f"failed to start '{spec}': {type(exc).__name__}: {exc}") from exc
 
-    def generate(prompts: Sequence[list[int]], capture_top_k: int, desc: str | None) -> list[Generation]:
-        requests = [GenerationRequest(key=str(i), prompt_ids=tuple(p), seed=0) for i, p in enumerate(prompts)]
+    def generate(prompts: Sequence[Prompt], capture_top_k: int, desc: str | None) -> list[Generation]:
+        # Messages too: a chat-API endpoint applies its own template server-side.
+        requests = [
+            GenerationRequest(key=str(i), prompt_ids=tuple(ids), seed=0, messages=tuple(messages))
+            for i, (ids, messages) in enumerate(prompts)
+        ]
         # Backends reject k beyond the vocabulary; the tail bin carries whatever is left.
         k = min(capture_top_k, len(teacher.tokenizer))
         params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=0.0, top_k_logprobs=k)
@@ -716,7 +726,7 @@ def _open_backend(spec: str, model_path: str, config: EvalConfig) -> _Opened:
             outputs[out.key] = out
         return [
             Generation(
-                prompt_ids=list(prompts[i]), response_ids=[int(t) for t in outputs[str(i)].response_ids],
+                prompt_ids=list(prompts[i][0]), response_ids=[int(t) for t in outputs[str(i)].response_ids],
                 text=outputs[str(i)].text, topk_ids=outputs[str(i)].topk_ids,
                 topk_logprobs=outputs[str(i)].topk_logprobs,
             )
@@ -756,7 +766,7 @@ def evaluate_model(
         entry["via"] = opened.via
         entry["params"] = opened.params
         tokenizer = opened.tokenizer
-        prompts = [encode_prompt(tokenizer, row.messages) for row in suite.rows]
+        prompts = [(encode_prompt(tokenizer, row.messages), row.messages) for row in suite.rows]
         generations = opened.generate(prompts, config.kl_top_k if capture_teacher else 0, f"{name}: generate")
         texts = [g.text for g in generations]
         fingerprint = tokenizer_fingerprint(tokenizer)
@@ -873,7 +883,7 @@ def _protocol_teacher_ref(spec: str, suite: Suite, config: EvalConfig) -> Teache
 
     opened = _open_backend(spec, str(teacher_recipe(spec)["model"]), config)
     try:
-        prompts = [encode_prompt(opened.tokenizer, row.messages) for row in suite.rows]
+        prompts = [(encode_prompt(opened.tokenizer, row.messages), row.messages) for row in suite.rows]
         generations = opened.generate(prompts, config.kl_top_k, f"teacher {spec}: generate")
         black_box = any(g.topk_ids is None for g in generations)
         return TeacherRef(
