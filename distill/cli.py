@@ -63,7 +63,7 @@ def main() -> None:
 @click.option("--max-new-tokens", type=int, help="greedy generation limit  [default: 128]")
 @click.option("--batch-size", type=int, help="generation batch size  [default: 16]")
 @click.option("--limit", type=int, help="only the first N suite rows")
-@click.option("--kl-top-k", type=int, help="teacher top-k kept for the KL  [default: 64]")
+@click.option("--kl-top-k", type=int, help="teacher top-k kept for the KL  [default: 20]")
 @click.option("--speed-prompts", type=int, help="prompts timed for speed  [default: 16]")
 @click.option("--device", help="auto, cpu, cuda, cuda:N  [default: auto]")
 @click.option("--dtype", help="auto, float32, bfloat16, float16  [default: auto]")
@@ -186,6 +186,7 @@ def train_command(ctx: click.Context, config_path: str | None, **params: Any) ->
 @click.option("--augment-config", type=click.Path(dir_okay=False), help="YAML of augmentation settings (AugmentConfig keys) for --augment")
 @click.option("--decontaminate", help="with --augment: eval suite (name in eval/ or JSONL) whose 13-grams synthetic prompts must avoid")
 @click.option("--judge-threshold", type=float, help="with --augment: keep synthetic prompts the teacher judges >= this (1-5)  [default: 0 = off]")
+@click.option("--responses", type=click.Choice(["teacher", "reference"]), help="reference: each prompt's labelled reference is the response, scored by the teacher  [default: teacher]")
 @click.pass_context
 def generate_command(ctx: click.Context, config_path: str | None, **params: Any) -> None:
     """Teacher answers the prompts; writes a corpus with top-k log-probs (resumable, shardable)."""

@@ -98,7 +98,7 @@ class EvalConfig:
     max_new_tokens: int = field(128, help="greedy generation length limit, the same for every model")
     batch_size: int = field(16, help="generation batch size (scoring, and the batched speed figure)")
     limit: int | None = field(None, help="evaluate only the first N suite rows")
-    kl_top_k: int = field(64, help="teacher top-k kept per token for the KL (+1 tail bin); >= vocab size gives the exact KL")
+    kl_top_k: int = field(20, help="teacher top-k kept per token for the KL (+1 tail bin), as in the corpus; >= vocab size gives the exact KL")
     speed_prompts: int = field(16, help="prompts timed for tokens/s and latency (after one warm-up call)")
     judge_max_new_tokens: int = field(16, help="tokens the judge may write for its 'Score: N' reply")
     device: str = field("auto", help="auto (cuda when available), cpu, cuda, cuda:N")
