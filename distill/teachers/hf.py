@@ -71,37 +71,53 @@ def make_capture(k: int, params: SamplingParams, seeds: Sequence[int], device: A
             self.sampled_logprobs: list[Any] = []
 
         def __call__(self, input_ids: Any, scores: Any) -> Any:
-            scores = scores.float()
-            log_norm = torch.logsumexp(scores, dim=-1, keepdim=True)
-            if params.temperature == 0:
-                chosen = scores.argmax(dim=-1, keepdim=True)
-            else:
-                chosen = _sample(scores, params.temperature, params.top_p, uniforms[:, self.step:self.step + 1])
+            # Every full pass over [batch, vocab] counts (it is what capture costs on top of
+            # sampling), so: the top-k gives the max (and the greedy choice), one exp pass gives
+            # both the normalizer and, at temperature 1, the sampling weights.
+            if scores.dtype != torch.float32:  # generate() upcasts already; keep it true for any caller
+                scores = scores.float()
             if k:
                 values, ids = scores.topk(k, dim=-1)
+                top = values[:, :1]
+            else:
+                top = scores.amax(dim=-1, keepdim=True)
+            weights = None
+            if k or params.temperature == 1.0:
+                weights = torch.exp(scores - top)  # in (0, 1], no overflow
+                log_norm = top + torch.log(weights.sum(dim=-1, keepdim=True))
+            if params.temperature == 0:
+                chosen = ids[:, :1] if k else scores.argmax(dim=-1, keepdim=True)
+            else:
+                if params.temperature != 1.0:
+                    weights = torch.sub(scores, top).div_(params.temperature).exp_()
+                chosen = _sample(weights, params.top_p, uniforms[:, self.step:self.step + 1])
+            if k:
                 self.topk_ids.append(ids.to(torch.int32))
                 self.topk_logprobs.append(values - log_norm)
                 self.sampled_logprobs.append(scores.gather(1, chosen) - log_norm)
             self.step += 1
-            forced = torch.full_like(scores, float("-inf"))
-            forced.scatter_(1, chosen, 0.0)
-            return forced
+            # generate() picks the argmax next: make it our choice. In place (no [batch, vocab]
+            # copy) is safe because output_logits/output_scores are never requested.
+            return scores.scatter_(1, chosen, float("inf"))
 
     return _Capture()
 
 
-def _sample(scores: Any, temperature: float, top_p: float, uniform: Any) -> Any:
-    """Inverse-CDF sampling of [B, V] logits at ``temperature`` with nucleus ``top_p``; [B, 1]."""
+def _sample(weights: Any, top_p: float, uniform: Any) -> Any:
+    """Inverse-CDF sampling from unnormalized [B, V] weights with nucleus ``top_p``; [B, 1] ids.
+
+    ``uniform`` [B, 1] in (0, 1] comes from each row's own generator.
+    """
     torch = _torch()
-    probs = torch.softmax(scores / temperature, dim=-1)
     if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        cum = sorted_probs.cumsum(dim=-1)
-        sorted_probs = sorted_probs.masked_fill(cum - sorted_probs > top_p, 0.0)  # keeps at least the top token
-        cdf = sorted_probs.cumsum(dim=-1)
+        sorted_weights, order = weights.sort(dim=-1, descending=True)
+        cum = sorted_weights.cumsum(dim=-1)
+        # drop tokens once the mass before them reaches top_p (the top token always stays)
+        sorted_weights.masked_fill_(cum - sorted_weights > top_p * cum[:, -1:], 0.0)
+        cdf = sorted_weights.cumsum(dim=-1)
         pick = torch.searchsorted(cdf, (uniform * cdf[:, -1:]).to(cdf.dtype)).clamp_(max=cdf.shape[-1] - 1)
         return order.gather(1, pick)
-    cdf = probs.cumsum(dim=-1)
+    cdf = weights.cumsum(dim=-1)
     return torch.searchsorted(cdf, (uniform * cdf[:, -1:]).to(cdf.dtype)).clamp_(max=cdf.shape[-1] - 1)
 
 

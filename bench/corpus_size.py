@@ -1,0 +1,270 @@
+"""Corpus size per response token at k=20 with a 151,936-entry vocabulary, and the KL error of
+the stored (quantized) log-probs.
+
+Two sources of top-k rows, each >= 100k response tokens:
+  random   a random-init Qwen2 (vocab 151936) sampled through distill's HF capture path. Its
+           top-k ids are uniform over the vocabulary: the WORST case for id compression.
+  synthetic a "trained-like" distribution (Zipf prior over ids, a dominant token, a tail):
+           peaked log-probs (large deltas) and frequent low ids, as a trained model writes them.
+For each: bytes per token of several encodings of the top-k block, the full corpus as
+CorpusWriter writes it (all columns), and the forward KL(teacher || student) over the k+1
+bins (top-k + tail, DESIGN §4) from exact vs stored log-probs, against a student distribution.
+
+    python bench/corpus_size.py [--tokens 100000] [--out bench/corpus_size.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+VOCAB = 151936
+K = 20
+
+
+def random_model_rows(num_tokens: int, batch: int, new_tokens: int, seed: int = 0):
+    """Sample from a random vocab-151936 Qwen2 via distill's capture; also returns student log-probs."""
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    from distill.teachers.base import SamplingParams
+    from distill.teachers.hf import generate_batch
+
+    def model(hidden: int, model_seed: int):
+        torch.manual_seed(model_seed)
+        cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True)
+        m = Qwen2ForCausalLM(cfg).eval()
+        m.generation_config = GenerationConfig(eos_token_id=[VOCAB - 1], pad_token_id=VOCAB - 1)
+        return m
+
+    teacher, student = model(64, seed), model(32, seed + 1)
+    gen = torch.Generator().manual_seed(seed)
+    rows, student_rows = [], []
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, top_k_logprobs=K)
+    total, start = 0, time.time()
+    while total < num_tokens:
+        prompts = [torch.randint(0, VOCAB - 1, (int(torch.randint(16, 48, (1,), generator=gen)),), generator=gen).tolist()
+                   for _ in range(batch)]
+        out = generate_batch(teacher, None, prompts, [len(rows) + i for i in range(batch)], params,
+                             eos_ids=[VOCAB - 1], pad_id=VOCAB - 1)
+        for prompt, row in zip(prompts, out):
+            full = torch.tensor([prompt + row["response_ids"].tolist()])
+            with torch.inference_mode():
+                logits = student(full).logits[0, len(prompt) - 1:-1].float()
+            logq = torch.log_softmax(logits, -1)
+            ids = torch.from_numpy(row["topk_ids"]).long()
+            student_rows.append((logq.gather(1, ids).numpy(), ))
+            rows.append((prompt, row))
+            total += len(row["response_ids"])
+        print(f"  random model: {total} tokens, {time.time() - start:.0f} s", flush=True)
+    return rows, [s[0] for s in student_rows]
+
+
+def synthetic_rows(num_tokens: int, seq_len: int = 256, seed: int = 0):
+    """Trained-like top-k: candidates drawn from a Zipf prior over ids, one dominant token, a tail."""
+    rng = np.random.default_rng(seed)
+    rows, student = [], []
+    ranks = np.arange(1, VOCAB + 1)
+    prior = 1.0 / ranks ** 1.1
+    prior /= prior.sum()
+    cdf = np.cumsum(prior)
+    total = 0
+    while total < num_tokens:
+        n = seq_len
+        topk_ids = np.zeros((n, K), np.int32)
+        topk_lp = np.zeros((n, K), np.float32)
+        student_lp = np.zeros((n, K), np.float32)
+        response = np.zeros(n, np.int32)
+        sampled = np.zeros(n, np.float32)
+        for t in range(n):
+            cand = np.unique(np.minimum(np.searchsorted(cdf, rng.random(96)), VOCAB - 1))[:64]
+            z = rng.normal(0, 2.0, cand.size)
+            z[rng.integers(cand.size)] += rng.uniform(2, 12)  # the "right" next token
+            tail = rng.uniform(0.001, 0.05)  # mass on the remaining ~152k tokens
+            p = np.exp(z - z.max())
+            p = p / p.sum() * (1 - tail)
+            order = np.argsort(-p)[:K]
+            topk_ids[t], topk_lp[t] = cand[order], np.log(p[order])
+            q = np.exp(z + rng.normal(0, 1.0, cand.size))
+            q = q / q.sum() * (1 - rng.uniform(0.001, 0.1))
+            student_lp[t] = np.log(q[order])
+            pick = rng.choice(cand.size, p=p / p.sum())
+            response[t], sampled[t] = cand[pick], np.log(p[pick])
+        prompt = np.minimum(np.searchsorted(cdf, rng.random(32)), VOCAB - 1).tolist()
+        rows.append((prompt, {"response_ids": response, "topk_ids": topk_ids, "topk_logprobs": topk_lp,
+                              "sampled_logprobs": sampled, "finish_reason": "length"}))
+        student.append(student_lp)
+        total += n
+    return rows, student
+
+
+def forward_kl(teacher_lp: np.ndarray, student_lp: np.ndarray) -> np.ndarray:
+    """KL(p || q) per position over the k+1 bins (top-k + tail), float64."""
+    p = np.exp(teacher_lp.astype(np.float64))
+    q = np.exp(student_lp.astype(np.float64))
+    p_tail = np.clip(1 - p.sum(-1), 0, None)
+    q_tail = np.clip(1 - q.sum(-1), 1e-12, None)
+    kl = (p * (teacher_lp - student_lp)).sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tail = np.where(p_tail > 0, p_tail * (np.log(p_tail) - np.log(q_tail)), 0.0)
+    return kl + tail
+
+
+def parquet_bytes(columns: dict, encodings: dict | None = None, dictionary: bool = False, compression: str = "zstd") -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(columns)
+    buf = io.BytesIO()
+    kwargs = {}
+    if encodings:
+        kwargs["column_encoding"] = {f"{n}.list.element" if pa.types.is_list(table[n].type) else n: e for n, e in encodings.items()}
+    pq.write_table(table, buf, compression=compression, compression_level=9 if compression == "zstd" else None,
+                   use_dictionary=dictionary, write_statistics=False, **kwargs)
+    return len(buf.getvalue())
+
+
+def lists(arrays, dtype):
+    import pyarrow as pa
+
+    offsets = np.zeros(len(arrays) + 1, np.int32)
+    np.cumsum([a.size for a in arrays], out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate([a.ravel() for a in arrays]).astype(dtype)))
+
+
+def pack_bits(ids: np.ndarray, bits: int) -> bytes:
+    u = ids.astype(np.uint32).ravel()
+    return np.packbits(((u[:, None] >> np.arange(bits, dtype=np.uint32)) & 1).astype(np.uint8).ravel(), bitorder="little").tobytes()
+
+
+def measure(name: str, rows, student, lines: list[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from distill.corpus import CorpusRow, CorpusWriter, open_corpus
+    from distill.corpus.encoding import encode_logprobs, encode_topk_logprobs
+    from tests.tiny import make_tokenizer
+
+    num_tokens = sum(len(r["response_ids"]) for _, r in rows)
+    ids = [r["topk_ids"] for _, r in rows]
+    lps = [r["topk_logprobs"] for _, r in rows]
+    sampled = [r["sampled_logprobs"] for _, r in rows]
+    bss = "BYTE_STREAM_SPLIT"
+    options = {
+        "int32 ids + fp16 log-probs, no compression (the 120 B reference)": parquet_bytes(
+            {"i": lists(ids, np.int32), "l": lists(lps, np.float16), "s": lists(sampled, np.float16)}, compression="none"),
+        "int32 ids + fp16 log-probs, Parquet zstd (dictionary)": parquet_bytes(
+            {"i": lists(ids, np.int32), "l": lists(lps, np.float16), "s": lists(sampled, np.float16)}, dictionary=True),
+        "int32 ids + fp32 log-probs, BYTE_STREAM_SPLIT + zstd": parquet_bytes(
+            {"i": lists(ids, np.int32), "l": lists(lps, np.float32), "s": lists(sampled, np.float32)}, {"i": bss, "l": bss, "s": bss}),
+    }
+    for scale in (256, 512, 1024):
+        codes = [encode_topk_logprobs(lp, scale) for lp in lps]
+        scodes = [encode_logprobs(s, scale) for s in sampled]
+        options[f"int32 ids DELTA_BINARY_PACKED + delta codes 1/{scale} nat, zstd"] = parquet_bytes(
+            {"i": lists(ids, np.int32), "l": lists(codes, np.int32), "s": lists(scodes, np.int32)},
+            {"i": "DELTA_BINARY_PACKED", "l": bss, "s": bss})
+        options[f"int32 ids + delta codes 1/{scale} nat, all BYTE_STREAM_SPLIT + zstd"] = parquet_bytes(
+            {"i": lists(ids, np.int32), "l": lists(codes, np.int32), "s": lists(scodes, np.int32)}, {"i": bss, "l": bss, "s": bss})
+        if scale == 512:
+            packed = pa.array([pack_bits(a, 18) for a in ids], type=pa.binary())
+            options[f"18-bit packed ids (binary) + delta codes 1/{scale} nat, zstd"] = parquet_bytes(
+                {"i": packed, "l": lists(codes, np.int32), "s": lists(scodes, np.int32)}, {"l": bss, "s": bss})
+    lines += [f"### {name}: {len(rows)} rows, {num_tokens} response tokens, k={K}", "",
+              "Top-k block only (ids + k log-probs + sampled log-prob), bytes per response token:", "",
+              "| encoding | B/token |", "| --- | --- |"]
+    lines += [f"| {label} | {size / num_tokens:.2f} |" for label, size in options.items()]
+
+    # KL error of the stored values
+    exact_kl = np.concatenate([forward_kl(lp, s) for lp, s in zip(lps, student)])
+    lines += ["", "Forward KL(teacher || student) over k+1 bins, exact vs stored (nats/token):", "",
+              "| scale (codes/nat) | mean KL exact | mean KL stored | abs diff of means | mean abs diff per token | max abs diff |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    from distill.corpus.encoding import decode_topk_logprobs
+    for scale in (256, 512, 1024):
+        stored = [decode_topk_logprobs(encode_topk_logprobs(lp, scale), K, scale) for lp in lps]
+        stored_kl = np.concatenate([forward_kl(lp, s) for lp, s in zip(stored, student)])
+        diff = np.abs(stored_kl - exact_kl)
+        lines.append(f"| {scale} | {exact_kl.mean():.6f} | {stored_kl.mean():.6f} | {abs(stored_kl.mean() - exact_kl.mean()):.2e} | "
+                     f"{diff.mean():.2e} | {diff.max():.2e} |")
+
+    # the real thing: a corpus as CorpusWriter writes it, all columns
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = make_tokenizer(os.path.join(tmp, "tok"))
+        corpus_rows = []
+        for i, (prompt, r) in enumerate(rows):
+            text = tok.decode([int(t) % len(tok) for t in r["response_ids"]], skip_special_tokens=True)
+            corpus_rows.append(CorpusRow(
+                id=f"{i:024x}", prompt_ids=np.asarray(prompt, np.int32), response_ids=np.asarray(r["response_ids"], np.int32),
+                topk_ids=r["topk_ids"], topk_logprobs=r["topk_logprobs"], sampled_logprobs=r["sampled_logprobs"],
+                finish_reason=r["finish_reason"], prompt_text="Question %d about something" % i, response_text=text,
+                messages=[{"role": "user", "content": "Question %d about something" % i}], prompt_id=f"{i:016x}",
+                origin={"source": "seed", "file": "seeds.jsonl", "where": f"seeds.jsonl:{i + 1}"}))
+        out = os.path.join(tmp, "corpus")
+        per_shard = 256
+        num_shards = -(-len(corpus_rows) // per_shard)
+        writer = CorpusWriter(out, identity={"bench": name}, num_shards=num_shards, top_k=K)
+        writer.start()
+        for j in range(num_shards):
+            writer.write_shard(j, corpus_rows[j * per_shard:(j + 1) * per_shard])
+        manifest = writer.finish()
+        per_column: dict[str, int] = {}
+        for shard in manifest["shards"]:
+            meta = pq.ParquetFile(os.path.join(out, shard["path"])).metadata
+            for g in range(meta.num_row_groups):
+                for c in range(meta.num_columns):
+                    col = meta.row_group(g).column(c)
+                    key = col.path_in_schema.split(".")[0]
+                    per_column[key] = per_column.get(key, 0) + col.total_compressed_size
+        corpus = open_corpus(out)
+        back = {r.id: r for r in corpus.iter_rows()}
+        worst = max(float(np.abs(back[c.id].topk_logprobs - c.topk_logprobs).max()) for c in corpus_rows)
+        ids_equal = all(np.array_equal(back[c.id].topk_ids, c.topk_ids) for c in corpus_rows)
+        lines += ["", f"Full corpus written by `CorpusWriter` (schema v1, logprob_scale {manifest['encoding']['logprob_scale']}, "
+                  f"{num_shards} shards): **{manifest['bytes'] / num_tokens:.2f} bytes per response token** "
+                  f"({manifest['bytes']} bytes; read back: ids identical {ids_equal}, max |log-prob error| {worst:.2e}).", "",
+                  "| column | B/token |", "| --- | --- |"]
+        lines += [f"| {k} | {v / num_tokens:.2f} |" for k, v in sorted(per_column.items(), key=lambda kv: -kv[1])]
+        lines += [f"| (footers, page headers) | {(manifest['bytes'] - sum(per_column.values())) / num_tokens:.2f} |", ""]
+    print("\n".join(lines[-12:]), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="corpus bytes per response token and KL error")
+    parser.add_argument("--tokens", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--skip-random", action="store_true", help="only the synthetic distribution (fast)")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    import torch
+
+    lines = ["# Corpus size and log-prob precision", "",
+             f"- date: {dt.date.today().isoformat()}; machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
+             f"{platform.platform()}; torch {torch.__version__}",
+             f"- vocabulary {VOCAB}, k = {K}; `python bench/corpus_size.py --tokens {args.tokens}`", ""]
+    start = time.time()
+    if not args.skip_random:
+        rows, student = random_model_rows(args.tokens, args.batch, args.new_tokens)
+        measure("Random-init Qwen2 teacher (vocab 151936), sampled at T=1 through the HF capture path — worst case for ids",
+                rows, student, lines)
+    rows, student = synthetic_rows(args.tokens)
+    measure("Synthetic trained-like distribution (Zipf id prior, dominant token, 0.1-5% tail)", rows, student, lines)
+    lines.append(f"Total bench time {time.time() - start:.0f} s.")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(report)
+
+
+if __name__ == "__main__":
+    main()
