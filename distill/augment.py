@@ -424,7 +424,8 @@ def _round_requests(state: _State, templates: Templates, teacher: Any, round_ind
         # Drop the longest examples until the meta-prompt fits next to the generation budget.
         while True:
             text = render_meta_prompt(templates.meta_prompt, [e.prompt for e in examples], config.prompts_per_request)
-            ids = encode_prompt(teacher.tokenizer, [{"role": "user", "content": text}])
+            messages = ({"role": "user", "content": text},)
+            ids = encode_prompt(teacher.tokenizer, messages)
             if len(ids) <= budget or len(examples) == 1:
                 break
             examples = sorted(examples, key=lambda e: len(e.prompt))[:-1]
@@ -432,7 +433,9 @@ def _round_requests(state: _State, templates: Templates, teacher: Any, round_ind
             state.skipped_requests += 1
             continue
         key = f"augment-r{round_index}-q{i}"
-        requests.append(GenerationRequest(key=key, prompt_ids=tuple(ids), seed=derive_seed("augment-request", config.seed, round_index, i)))
+        # messages too: a chat-API endpoint applies its own template server-side.
+        requests.append(GenerationRequest(key=key, prompt_ids=tuple(ids), seed=derive_seed("augment-request", config.seed, round_index, i),
+                                          messages=messages))
         parents[key] = (i, [e.id for e in examples])
     return requests, parents
 
@@ -506,9 +509,10 @@ def _judge(state: _State, templates: Templates, teacher: Any, round_index: int, 
     params = SamplingParams(max_new_tokens=config.judge_max_tokens, temperature=0.0, top_p=1.0, top_k_logprobs=0)
     requests = []
     for key, text in candidates:
-        content = templates.judge_prompt.format(prompt=text, rubric=templates.judge_rubric)
-        ids = encode_prompt(teacher.tokenizer, [{"role": "user", "content": content}])
-        requests.append(GenerationRequest(key=f"judge-{key}", prompt_ids=tuple(ids), seed=derive_seed("judge", config.seed, round_index, key)))
+        messages = ({"role": "user", "content": templates.judge_prompt.format(prompt=text, rubric=templates.judge_rubric)},)
+        ids = encode_prompt(teacher.tokenizer, messages)
+        requests.append(GenerationRequest(key=f"judge-{key}", prompt_ids=tuple(ids), seed=derive_seed("judge", config.seed, round_index, key),
+                                          messages=messages))
     if not requests:
         return {}
     outputs = _timed_generate(teacher, requests, params, state.timing, "judge_s")

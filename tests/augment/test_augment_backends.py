@@ -117,3 +117,29 @@ def test_deterministic_across_processes():
         assert out.returncode == 0, out.stderr[-2000:]
         digests.append(out.stdout.strip().splitlines()[-1])
     assert digests[0] == digests[1] and digests[0].endswith(" 40")
+
+
+def test_http_backend_round_trip(tiny_teacher_dir):
+    """The OpenAI-compatible HTTP teacher (against the tests' local vLLM-shaped server) through
+    the same augmentation code, unchanged: requests are served, outputs screened, runs repeat."""
+    from distill.teachers.openai_http import OpenAITeacher
+    from tests.teachers.openai_server import FaultyServer
+
+    with FaultyServer(fault_rate=0.0) as server:
+        def once():
+            recipe = {"name": "http-tiny", "model": str(tiny_teacher_dir), "max_context": 512,
+                      "endpoint": {"base_url": server.base_url, "concurrency": 4}}
+            teacher = OpenAITeacher.from_recipe(recipe)
+            config = AugmentConfig(num_prompts=50, few_shot=2, requests_per_round=4, max_rounds=2, generation_max_tokens=24,
+                                   max_new_tokens=64, seed=3, progress=False)
+            try:
+                return augment_prompts(teacher, make_seeds(), config, recipe=recipe)
+            finally:
+                teacher.close()
+
+        first, second = once(), once()
+    stats = first.stats
+    assert stats["requests"] == 8 and stats["candidates"] >= 8
+    assert stats["accepted"] + stats["rejected_total"] + stats["surplus"] == stats["candidates"]
+    assert stats["accepted"] > 0
+    assert [(r.id, r.origin) for r in first.records] == [(r.id, r.origin) for r in second.records]
