@@ -177,10 +177,15 @@ class TokenMap:
         else:
             candidates = self._by_text.get(token, [])
             key = f"string {token!r}"
+        # U+FFFD stands for bytes a server could not decode (a token holding part of a UTF-8
+        # character); vLLM even sends the replacement character's bytes in 'bytes' then. Many
+        # ids look like that, so it never identifies one.
+        if "\ufffd" in token or (token_bytes is not None and b"\xef\xbf\xbd" in bytes(token_bytes)):
+            candidates = []
         if len(candidates) != 1:
             found = "no id" if not candidates else f"{len(candidates)} ids {candidates[:5]}"
             raise TokenMappingError(
-                f"{where}: the server returned token {key}, which matches {found} of the teacher "
+                f"{where}: the server returned token {key}, which identifies {found} of the teacher "
                 "tokenizer; refusing to guess. Use a vLLM server (server: vllm, which returns token "
                 "ids), check that the recipe's tokenizer is the served model's, or set "
                 "endpoint.logprobs: false for a black-box corpus."

@@ -31,6 +31,8 @@ class ServerState:
     eos_id: int = 2
     fault_rate: float = 0.25  # share of requests whose first attempt fails
     stall_s: float = 2.0  # how long a "timeout" fault stalls before closing
+    # request JSON -> response JSON; default: vLLM-shaped completions from ``completion_payload``
+    responder: Any = None
     attempts: dict[str, int] = field(default_factory=dict)
     faults: dict[str, int] = field(default_factory=dict)
     ok: dict[str, int] = field(default_factory=dict)  # successful responses per request digest
@@ -150,7 +152,9 @@ async def _handle(state: ServerState, reader: asyncio.StreamReader, writer: asyn
                     await writer.drain()
                     continue
                 request = json.loads(body)
-                payload = json.dumps(completion_payload(request, state.vocab_size, state.eos_id)).encode()
+                answer = (state.responder(request) if state.responder is not None
+                          else completion_payload(request, state.vocab_size, state.eos_id))
+                payload = json.dumps(answer).encode()
                 if fault == "badjson":
                     payload = payload[: len(payload) // 2]
                 else:
