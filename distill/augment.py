@@ -263,9 +263,12 @@ def parse_prompts(text: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # junk detectors
 
+# A refusal opens with an apology or with "I can't / won't / am unable to" + a verb of complying;
+# "I can't decide between two laptops..." is a real user prompt and is kept.
 _REFUSAL = re.compile(
-    r"^(?:i'?m sorry|i am sorry|sorry[,.!]|i apologi[sz]e|i can'?not\b|i can'?t\b|i can not\b|i'?m (?:not able|unable)|"
-    r"i am (?:not able|unable)|as an ai\b|as a language model\b|i (?:will not|won'?t)\b|unfortunately,? i\b)",
+    r"^(?:i'?m sorry|i am sorry|sorry,? (?:but|i)\b|i apologi[sz]e|as an ai\b|as a language model\b|unfortunately,? i\b|"
+    r"(?:i can'?not|i can'?t|i can not|i (?:will not|won'?t)|i'?m (?:not able|unable)|i am (?:not able|unable))"
+    r"\s+(?:\w+\s+){0,3}?(?:help|assist|comply|fulfil+|provide|create|write|generate|produce|do that|answer|continue|complete))",
 )
 _CHATTER = re.compile(r"^(?:sure|certainly|of course|okay|ok)\b.{0,40}\bprompts?\b|^here (?:are|is)\b.{0,40}\bprompts?\b")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")

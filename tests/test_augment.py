@@ -69,7 +69,11 @@ def test_parse_prompts_formats():
 def test_junk_detectors():
     assert is_refusal("I'm sorry, but I can't help with that.")
     assert is_refusal("As an AI language model, I cannot write this.")
+    assert is_refusal("I cannot help with that request.") and is_refusal("I won't be able to write that.")
+    assert is_refusal("Sorry, but that is not something I can do.")
     assert not is_refusal("Sorting algorithms: explain merge sort to a beginner.")
+    assert not is_refusal("I can't decide between two laptops; help me compare them.")
+    assert not is_refusal("Sorry to bother you: how do I reset my router?")
     assert broken_format("Describe <|im_start|> tokens") == "special token in text"
     assert broken_format("bad \ufffd byte") is not None
     assert broken_format("```python\nprint(1)") == "unclosed code fence"
