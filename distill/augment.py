@@ -629,7 +629,8 @@ def run_fingerprint(config: AugmentConfig, templates: Templates, teacher: Any, s
         "version": AUGMENT_FORMAT_VERSION,
         "config": relevant,
         "templates": dataclasses.asdict(templates),
-        "teacher": teacher.fingerprint(),
+        # The model, not where it is served: a resumed run may reach the same model at a new address.
+        "teacher": {k: v for k, v in teacher.fingerprint().items() if k != "endpoint"},
         "seeds": [[s.id, prompt_hash(s.messages)] for s in seeds],
         "suite_sha256": suite_sha,
     }
