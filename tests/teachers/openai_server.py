@@ -33,11 +33,14 @@ class ServerState:
     stall_s: float = 2.0  # how long a "timeout" fault stalls before closing
     # request JSON -> response JSON; default: vLLM-shaped completions from ``completion_payload``
     responder: Any = None
+    api_key: str | None = None  # when set, requests without "Authorization: Bearer <key>" get a 401
+    seen_paths: set = field(default_factory=set)
     attempts: dict[str, int] = field(default_factory=dict)
     faults: dict[str, int] = field(default_factory=dict)
     ok: dict[str, int] = field(default_factory=dict)  # successful responses per request digest
     connections: int = 0
-    max_connections: int = 0
+    max_connections: int = 0  # open connections, not counting those stalled by a "timeout" fault
+    stalled: int = 0
     writers: set = field(default_factory=set)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -104,7 +107,7 @@ def stats(state: ServerState) -> dict[str, Any]:
 async def _handle(state: ServerState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     with state.lock:
         state.connections += 1
-        state.max_connections = max(state.max_connections, state.connections)
+        state.max_connections = max(state.max_connections, state.connections - state.stalled)
         state.writers.add(writer)
     try:
         while True:
@@ -125,7 +128,13 @@ async def _handle(state: ServerState, reader: asyncio.StreamReader, writer: asyn
                 await writer.drain()
                 continue
             digest = _digest(body)
+            if state.api_key is not None and headers.get("authorization") != f"Bearer {state.api_key}":
+                payload = b'{"error": {"message": "invalid api key"}}'
+                writer.write(b"HTTP/1.1 401 Unauthorized\r\n" + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+                await writer.drain()
+                continue
             with state.lock:
+                state.seen_paths.add(line.split()[1].decode())
                 attempt = state.attempts.get(digest, 0)
                 state.attempts[digest] = attempt + 1
                 state.total += 1
@@ -140,7 +149,14 @@ async def _handle(state: ServerState, reader: asyncio.StreamReader, writer: asyn
                     writer.close()
                     return
                 if fault == "timeout":
-                    await asyncio.sleep(state.stall_s)
+                    # The client gives up on this connection; it no longer counts as one of its own.
+                    with state.lock:
+                        state.stalled += 1
+                    try:
+                        await asyncio.sleep(state.stall_s)
+                    finally:
+                        with state.lock:
+                            state.stalled -= 1
                     writer.close()
                     return
                 if fault in ("429", "500"):
