@@ -264,21 +264,19 @@ def run_chunk(engine: Any, chunk: _Chunk, make_params: Callable[..., Any], token
 
 
 def _dp_worker(rank: int, gpus: str | None, factory: Callable, params_factory: Callable, llm_kwargs: dict[str, Any],
-               tokenizer_source: str, max_attempts: int, inbox: Any, outbox: Any) -> None:
+               max_attempts: int, inbox: Any, outbox: Any) -> None:
     """A data-parallel replica: its own engine on its own GPUs, chunks in, outputs out."""
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus
     try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
         engine = factory(llm_kwargs)
         while True:
             job = inbox.get()
             if job is None:
                 return
             index, chunk = job
-            outbox.put((rank, index, run_chunk(engine, chunk, params_factory, tokenizer, max_attempts)))
+            # Text is decoded in the parent (it has the tokenizer): replicas send ids only.
+            outbox.put((rank, index, run_chunk(engine, chunk, params_factory, None, max_attempts)))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         outbox.put((rank, -1, RuntimeError(f"data-parallel replica {rank}: {type(exc).__name__}: {exc}")))
 
@@ -398,8 +396,7 @@ class VLLMTeacher:
                 gpus = ",".join(pool[rank * per_replica:(rank + 1) * per_replica])
             inbox = ctx.Queue()
             proc = ctx.Process(target=_dp_worker, args=(rank, gpus, self.engine_factory, self.params_factory, kwargs,
-                                                        self.tokenizer_source, self.config.max_attempts, inbox,
-                                                        self._outbox), daemon=True)
+                                                        self.config.max_attempts, inbox, self._outbox), daemon=True)
             proc.start()
             self._replicas.append((proc, inbox))
 
@@ -501,7 +498,10 @@ class VLLMTeacher:
                 raise outputs
             busy[rank] -= 1
             feed(rank)
-            yield from outputs
+            for out in outputs:
+                if not out.text and self.tokenizer is not None:
+                    out.text = self.tokenizer.decode(out.response_ids.tolist(), skip_special_tokens=True)
+                yield out
 
 
 __all__ = [
