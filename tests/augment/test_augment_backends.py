@@ -143,3 +143,30 @@ def test_http_backend_round_trip(tiny_teacher_dir):
     assert stats["accepted"] + stats["rejected_total"] + stats["surplus"] == stats["candidates"]
     assert stats["accepted"] > 0
     assert [(r.id, r.origin) for r in first.records] == [(r.id, r.origin) for r in second.records]
+
+
+def test_vllm_backend_round_trip(tiny_tokenizer_dir):
+    """The vLLM backend (its stand-in engine with vLLM's output shapes, no detokenized text)
+    through the same augmentation code: texts come from decoding the ids, runs repeat."""
+    from transformers import AutoTokenizer
+
+    from distill.teachers.vllm import VLLMEngineConfig, VLLMTeacher
+    from tests.teachers.test_vllm_backend import FakeEngine, fake_params
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+    def once():
+        teacher = VLLMTeacher("t", "m", tokenizer=tokenizer, tokenizer_source="m", config=VLLMEngineConfig(max_model_len=1024),
+                              max_context=1024, engine_factory=FakeEngine, params_factory=fake_params)
+        config = AugmentConfig(num_prompts=50, few_shot=2, requests_per_round=4, max_rounds=2, min_words=1, seed=4, progress=False)
+        return augment_prompts(teacher, make_seeds(), config, recipe={})
+
+    FakeEngine.calls = []
+    first, second = once(), once()
+    assert FakeEngine.calls == [4, 4, 4, 4]
+    stats = first.stats
+    assert stats["requests"] == 8 and stats["accepted"] + stats["rejected_total"] + stats["surplus"] == stats["candidates"] >= 8
+    assert [r["text"] for r in first.rejected] == [r["text"] for r in second.rejected]
+    assert [r.id for r in first.records] == [r.id for r in second.records]
+    texts = [r["text"] for r in first.rejected] + [r.prompt for r in first.records]
+    assert sum(bool(t) for t in texts) >= 8  # decoded from the ids the engine returned
