@@ -4,7 +4,7 @@ Deterministic (seeded ``random.Random``), no dependencies beyond the standard li
 seeds, the eval suite and the demo teacher's training data are reproduced byte for byte by
 ``python data/demo/make_data.py``.
 
-A problem is a short story (one or two people, objects, 2-4 events) and a question; the answer
+A problem is a short story (one or two people, objects, 1-3 events) and a question; the answer
 is a chain of one-operation steps, one per line, and a final ``Answer: N`` line::
 
     Mia has 7 shells. After that she finds 5 shells on the beach. Then she gives 3 shells to Leo.
@@ -14,7 +14,7 @@ is a chain of one-operation steps, one per line, and a final ``Answer: N`` line:
     12 - 3 = 9
     Answer: 9
 
-Numbers stay small (every value 0..MAX_VALUE, changes 1..9, products of small factors) so a
+Numbers stay small (every value 0..MAX_VALUE, changes 1..MAX_CHANGE, small products) so a
 model of a few hundred thousand parameters can learn the arithmetic from a few thousand worked
 examples, while a model that saw only 64 of them cannot: the stories come from many templates,
 names, objects, verbs and connectives, so distinct problems are not near-duplicates of each other.
@@ -26,7 +26,8 @@ import random
 import re
 from dataclasses import dataclass
 
-MAX_VALUE = 30
+MAX_VALUE = 12
+MAX_CHANGE = 4
 
 NAMES = [
     ("Mia", "she"), ("Leo", "he"), ("Ava", "she"), ("Sam", "he"), ("Zoe", "she"), ("Max", "he"),
@@ -140,7 +141,7 @@ def _timeline(rng: random.Random) -> Problem:
     """One person, a starting count and 2-4 events (gain, loss, doubling)."""
     (name, pron), (friend, _) = _two_people(rng)
     single, plural, place, container = rng.choice(OBJECTS)
-    value = rng.randint(2, 20)
+    value = rng.randint(2, 9)
     fill = {"n": name, "p": pron, "f": friend, "o": plural, "place": place, "c": container,
             "obj": OBJ_PRONOUN[pron], "poss": POSSESSIVE[pron] if rng.random() < 0.5 else f"{name}'s"}
     start = rng.choice(STARTS)
@@ -148,7 +149,7 @@ def _timeline(rng: random.Random) -> Problem:
         fill["poss"] = f"{name}'s"
     sentences = [start.format(x=value, **fill)]
     steps: list[tuple[int, str, int, int]] = []
-    num_events = rng.choice([2, 2, 3, 3, 4])
+    num_events = rng.choice([1, 2, 2, 3])
     connectives = rng.sample(CONNECTIVES, num_events)
     for i in range(num_events):
         choices = []
@@ -160,11 +161,11 @@ def _timeline(rng: random.Random) -> Problem:
             choices.append("double")
         kind = rng.choice(choices)
         if kind == "gain":
-            amount = rng.randint(1, min(9, MAX_VALUE - value))
+            amount = rng.randint(1, min(MAX_CHANGE, MAX_VALUE - value))
             event, new = rng.choice(GAIN_EVENTS), value + amount
             steps.append((value, "+", amount, new))
         elif kind == "loss":
-            amount = rng.randint(1, min(9, value - 1))
+            amount = rng.randint(1, min(MAX_CHANGE, value - 1))
             event, new = rng.choice(LOSS_EVENTS), value - amount
             steps.append((value, "-", amount, new))
         else:
@@ -182,7 +183,7 @@ def _groups(rng: random.Random) -> Problem:
     """Equal groups (a multiplication), then one or two changes."""
     (name, pron), (friend, _) = _two_people(rng)
     single, plural, place, container = rng.choice(OBJECTS)
-    groups, size = rng.randint(2, 5), rng.randint(2, 6)
+    groups, size = rng.randint(2, 3), rng.randint(2, 4)
     value = groups * size
     fill = {"n": name, "p": pron, "f": friend, "o": plural, "place": place, "c": container,
             "obj": OBJ_PRONOUN[pron]}
@@ -195,10 +196,10 @@ def _groups(rng: random.Random) -> Problem:
     sentences = [opening]
     for connective in rng.sample(CONNECTIVES, rng.choice([1, 2])):
         if value >= 2 and (value + 1 > MAX_VALUE or rng.random() < 0.5):
-            amount = rng.randint(1, min(9, value - 1))
+            amount = rng.randint(1, min(MAX_CHANGE, value - 1))
             event, new, op = rng.choice(LOSS_EVENTS), value - amount, "-"
         else:
-            amount = rng.randint(1, min(9, MAX_VALUE - value))
+            amount = rng.randint(1, min(MAX_CHANGE, MAX_VALUE - value))
             event, new, op = rng.choice(GAIN_EVENTS), value + amount, "+"
         sentences.append(f"{connective} {_event(event, amount, fill, single)}.")
         steps.append((value, op, amount, new))
@@ -212,9 +213,9 @@ def _shopping(rng: random.Random) -> Problem:
     name, pron = rng.choice(NAMES)
     single, plural = rng.choice(ITEMS)
     money = rng.choice(CURRENCIES)
-    price, quantity = rng.randint(2, 6), rng.randint(2, 5)
+    price, quantity = rng.randint(2, 4), rng.randint(2, 3)
     cost = price * quantity
-    paid = rng.randint(cost + 1, min(MAX_VALUE, cost + 9)) if cost < MAX_VALUE else cost
+    paid = rng.randint(cost + 1, min(MAX_VALUE, cost + MAX_CHANGE)) if cost < MAX_VALUE else cost
     article = "An" if single[0] in "aeiou" else "A"
     prompt = rng.choice([
         "{a} {s} costs {pr} {m}. {n} buys {q} {pl} and pays with {pd} {m}. How much change does {p} get?",
@@ -230,12 +231,12 @@ def _two_counts(rng: random.Random) -> Problem:
     """Two people: one count relative to the other, then a total or a difference."""
     (name, pron), (other, _) = _two_people(rng)
     _, plural, _, _ = rng.choice(OBJECTS)
-    first = rng.randint(2, 14)
+    first = rng.randint(2, 6)
     if rng.random() < 0.5:
-        delta = rng.randint(1, min(9, MAX_VALUE - 2 * first) if MAX_VALUE - 2 * first >= 1 else 1)
+        delta = rng.randint(1, min(MAX_CHANGE, MAX_VALUE - 2 * first) if MAX_VALUE - 2 * first >= 1 else 1)
         second, rel, op = first + delta, rng.choice(["{d} more {o} than", "{d} {o} more than"]), "+"
     else:
-        delta = rng.randint(1, min(9, first - 1))
+        delta = rng.randint(1, min(MAX_CHANGE, first - 1))
         second, rel, op = first - delta, rng.choice(["{d} fewer {o} than", "{d} {o} less than"]), "-"
     rel = rel.format(d=delta, o=plural)
     total = first + second
@@ -258,9 +259,9 @@ def _exchange(rng: random.Random) -> Problem:
     """Two people, one gives some to the other; how many more does one have now."""
     (name, pron), (other, _) = _two_people(rng)
     _, plural, _, _ = rng.choice(OBJECTS)
-    a = rng.randint(4, 20)
-    give = rng.randint(1, min(9, a - 1))
-    b = rng.randint(max(1, a - 2 * give + 1), min(MAX_VALUE - give, a - give + 9))
+    a = rng.randint(4, 8)
+    give = rng.randint(1, min(MAX_CHANGE, a - 1))
+    b = rng.randint(max(1, a - 2 * give + 1), min(MAX_VALUE - give, a - give + MAX_CHANGE))
     a2, b2 = a - give, b + give
     if b2 <= a2:
         b2 = a2 + 1
