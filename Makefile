@@ -20,6 +20,11 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
+# The whole pipeline on the shipped demo teacher (CPU, minutes): plain CLI calls in scripts/demo.sh,
+# everything under runs/demo/, the eval table printed at the end (docs/demo.md).
+demo: install
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
+
 # Contract tests: vLLM's real output and OpenAI-server types, on CPU, in their own venv so the main
 # one stays light. torch first (the local CPU wheel satisfies vllm's pin); then vllm; then drop
 # the CUDA builds of torchvision/torchaudio/torchcodec it pulls in, which break `import vllm` on CPU.
