@@ -69,6 +69,8 @@ class GenerateConfig:
     augment_config: str | None = field(None, help="YAML of AugmentConfig keys (few_shot, near_dup_threshold, ...) for --augment")
     decontaminate: str | None = field(None, help="with --augment: eval suite (name in eval/ or JSONL) no synthetic prompt may share a 13-gram with")
     judge_threshold: float = field(0.0, help="with --augment: keep synthetic prompts the teacher judges >= this (1-5); 0 = no judge")
+    responses: str = field("teacher", help="teacher: the teacher samples each response; reference: each prompt's labelled "
+                           "`reference` is the response and the teacher scores it (top-k at every position), for SFT/KD on labelled data")
 
     def __post_init__(self) -> None:
         for name, flag in (("teacher", "--teacher"), ("prompts", "--prompts"), ("out", "--out")):
@@ -95,15 +97,22 @@ class GenerateConfig:
         parse_shard(self.shard)
         if self.augment < 0:
             raise ValueError(f"--augment must be >= 0, got {self.augment}")
+        if self.responses not in ("teacher", "reference"):
+            raise ValueError(f"--responses must be teacher or reference, got {self.responses!r}")
+        if self.responses == "reference" and (self.augment or self.samples_per_prompt > 1):
+            raise ValueError("--responses reference answers each labelled prompt once: no --augment, --samples-per-prompt 1")
         if self.augment and parse_shard(self.shard)[1] > 1:
             raise ValueError("--augment with --shard: run `distill augment` once, then every worker with "
                              "--prompts AUGMENT_DIR/prompts.jsonl, so all workers answer the same prompts")
 
     def generation_params(self) -> dict[str, Any]:
         """What determines a response besides teacher and prompt: part of every row id."""
-        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "top_k": self.top_k, "stop": list(self.stop), "seed": self.seed,
-                "samples_per_prompt": self.samples_per_prompt}
+        params = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                  "top_k": self.top_k, "stop": list(self.stop), "seed": self.seed,
+                  "samples_per_prompt": self.samples_per_prompt}
+        if self.responses != "teacher":  # only then, so existing corpora keep their row ids
+            params["responses"] = self.responses
+        return params
 
 
 def row_id(prompt_key: str, params: dict[str, Any], sample_index: int) -> str:
@@ -198,6 +207,22 @@ def _to_row(plan: _Planned, output: Any) -> Any:
     )
 
 
+def _reference_requests(teacher: Any, rows: list[_Planned]) -> list[Any]:
+    """--responses reference: each row's labelled reference (+ EOS) as the response to score."""
+    from distill.teachers.base import ScoreRequest
+
+    eos = teacher.tokenizer.eos_token_id
+    requests = []
+    for p in rows:
+        if not p.record.reference:
+            where = p.record.origin.get("where") or p.record.origin.get("file") or p.record.id
+            raise ConfigError(f"{where}: --responses reference needs a non-empty 'reference' on every prompt")
+        ids = teacher.tokenizer(p.record.reference, add_special_tokens=False)["input_ids"]
+        requests.append(ScoreRequest(key=p.rid, prompt_ids=p.prompt_ids,
+                                     response_ids=tuple(ids) + ((eos,) if eos is not None else ())))
+    return requests
+
+
 def _shard_stats(writer: Any) -> dict[str, Any]:
     import numpy as np
     import pyarrow.parquet as pq
@@ -264,10 +289,14 @@ def run(config: GenerateConfig) -> dict[str, Any]:
         bar = tqdm(total=todo_rows, desc="generate", unit="row", disable=not config.progress)
         for index in todo:
             shard_rows = planned[index * config.rows_per_shard:(index + 1) * config.rows_per_shard]
-            requests = [GenerationRequest(key=p.rid, prompt_ids=p.prompt_ids, seed=p.seed,
-                                          messages=tuple(p.record.messages)) for p in shard_rows]
+            if config.responses == "reference":
+                stream = teacher.score(_reference_requests(teacher, shard_rows), top_k)
+            else:
+                requests = [GenerationRequest(key=p.rid, prompt_ids=p.prompt_ids, seed=p.seed,
+                                              messages=tuple(p.record.messages)) for p in shard_rows]
+                stream = teacher.generate(requests, params)
             outputs: dict[str, Any] = {}
-            for output in teacher.generate(requests, params):
+            for output in stream:
                 outputs[output.key] = output
                 new_tokens += len(output.response_ids)
                 bar.update(1)
