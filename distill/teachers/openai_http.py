@@ -387,17 +387,14 @@ class OpenAITeacher:
                    endpoint=endpoint, max_context=max_context, revision=recipe.get("revision"))
 
     def fingerprint(self) -> dict[str, Any]:
-        # No URL credentials, no key: the fingerprint is written into the manifest.
-        from urllib.parse import urlsplit
-
-        url = urlsplit(self.endpoint.base_url)
+        # What identifies the teacher, not where it is served: a corpus resumes against a moved
+        # or restarted server. Never the key (this goes into the manifest).
         return {
             "model": self.model,
             "revision": self.revision,
             "backend": self.backend,
             "server": self.endpoint.server,
             "api": self.endpoint.api,
-            "endpoint": f"{url.scheme}://{url.hostname}{':' + str(url.port) if url.port else ''}{url.path}",
             "black_box": self.black_box,
             "backend_version": f"httpx {_httpx_version()}",
         }

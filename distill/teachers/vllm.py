@@ -352,9 +352,10 @@ class VLLMTeacher:
         return {
             "model": self.model, "revision": self.revision, "backend": self.backend,
             "backend_version": f"vllm {vllm_version}", "black_box": False,
-            "dtype": cfg.dtype, "quantization": cfg.quantization, "logprobs_mode": "raw_logprobs",
-            "tensor_parallel_size": cfg.tensor_parallel_size, "pipeline_parallel_size": cfg.pipeline_parallel_size,
-            "data_parallel_size": cfg.data_parallel_size,
+            # Numerics, not layout: a run resumed on another TP/DP layout (or a --shard worker on
+            # a node with fewer GPUs) is the same teacher.
+            "dtype": cfg.dtype, "quantization": cfg.quantization, "kv_cache_dtype": cfg.kv_cache_dtype,
+            "logprobs_mode": "raw_logprobs",
         }
 
     # -- engines ---------------------------------------------------------------------------

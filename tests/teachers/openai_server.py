@@ -31,6 +31,7 @@ class ServerState:
     eos_id: int = 2
     fault_rate: float = 0.25  # share of requests whose first attempt fails
     stall_s: float = 2.0  # how long a "timeout" fault stalls before closing
+    latency_s: float = 0.0  # added to every answer (a stand-in for a GPU server's decode time)
     # request JSON -> response JSON; default: vLLM-shaped completions from ``completion_payload``
     responder: Any = None
     api_key: str | None = None  # when set, requests without "Authorization: Bearer <key>" get a 401
@@ -168,6 +169,8 @@ async def _handle(state: ServerState, reader: asyncio.StreamReader, writer: asyn
                     await writer.drain()
                     continue
                 request = json.loads(body)
+                if state.latency_s:
+                    await asyncio.sleep(state.latency_s)
                 answer = (state.responder(request) if state.responder is not None
                           else completion_payload(request, state.vocab_size, state.eos_id))
                 payload = json.dumps(answer).encode()
@@ -230,9 +233,10 @@ class FaultyServer:
         self._thread.join(timeout=10)
 
 
-if __name__ == "__main__":  # python -m tests.teachers.openai_server [fault_rate] [stall_s]
+if __name__ == "__main__":  # python -m tests.teachers.openai_server [fault_rate] [stall_s] [latency_s]
     rate = float(sys.argv[1]) if len(sys.argv) > 1 else 0.25
     stall = float(sys.argv[2]) if len(sys.argv) > 2 else 2.0
-    with FaultyServer(fault_rate=rate, stall_s=stall) as srv:
+    latency = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
+    with FaultyServer(fault_rate=rate, stall_s=stall, latency_s=latency) as srv:
         print(srv.base_url, flush=True)
         threading.Event().wait()
