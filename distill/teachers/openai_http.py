@@ -471,8 +471,9 @@ class OpenAITeacher:
         def convert(data: dict[str, Any]) -> TeacherOutput:
             choice = _single_choice(data, where)
             topk_ids, topk_lp, sampled = parse_prompt_logprobs(choice, len(request.prompt_ids), request.response_ids, k, where)
+            text = self.tokenizer.decode(list(request.response_ids), skip_special_tokens=True) if self.tokenizer else ""
             return self._output(request.key, request.prompt_ids, list(request.response_ids), topk_ids, topk_lp, sampled,
-                                "", "stop", None)
+                                text, "stop", None)
 
         return _Job(request.key, "/completions", body, convert)
 

@@ -249,7 +249,10 @@ def run_chunk(engine: Any, chunk: _Chunk, make_params: Callable[..., Any], token
             if list(result.prompt_token_ids) != ids:
                 raise TeacherRequestError(f"vllm request {key}: engine returned another prompt's output")
             if chunk.score:
-                outputs.append(prompt_logprobs_to_output(key, len(ids) - len(response), response, result, chunk.k))
+                scored = prompt_logprobs_to_output(key, len(ids) - len(response), response, result, chunk.k)
+                if tokenizer is not None:
+                    scored.text = tokenizer.decode(response, skip_special_tokens=True)
+                outputs.append(scored)
                 continue
             out = completion_to_output(key, ids, result, chunk.k, tokenizer)
             if out is None:

@@ -312,3 +312,32 @@ def test_recipe_overrides_and_errors(tmp_path, tiny_tokenizer_dir):
     nourl.write_text(yaml.safe_dump({"model": "m", "backend": "openai", "tokenizer": str(tiny_tokenizer_dir)}))
     with pytest.raises(ConfigError, match="endpoint.base_url"):
         load_teacher(str(nourl))
+
+
+def test_score_mode_uses_vllm_prompt_logprobs(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from distill.teachers.base import ScoreRequest
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    k = 3
+
+    def responder(request):
+        assert request["prompt_logprobs"] == k and request["max_tokens"] == 1
+        ids = request["prompt"]
+        entries = [None] + [{str(t): {"logprob": -4.0, "rank": 40, "decoded_token": None},
+                             **{str(200 + j): {"logprob": -0.5 * (j + 1), "rank": j + 1, "decoded_token": None}
+                                for j in range(k)}} for t in ids[1:]]
+        return {"id": "c", "object": "text_completion", "created": 0, "model": "m", "choices": [
+            {"index": 0, "text": "", "finish_reason": "length", "token_ids": [5], "prompt_logprobs": entries}]}
+
+    with FaultyServer(responder=responder, fault_rate=0.5, stall_s=0.6) as server:
+        teacher = _teacher(server.base_url, tokenizer=tok, request_timeout_s=0.4)
+        response = tuple(tok("The answer is 42.", add_special_tokens=False)["input_ids"])
+        (out,) = list(teacher.score([ScoreRequest("s", (1, 2, 3), response)], top_k=k))
+    assert out.response_ids.tolist() == list(response) and out.text == "The answer is 42."
+    assert out.topk_ids.tolist() == [[200, 201, 202]] * len(response)
+    np.testing.assert_allclose(out.sampled_logprobs, -4.0)
+    spec = _teacher("http://127.0.0.1:9/v1", server="openai")
+    with pytest.raises(ConfigError, match="prompt_logprobs"):
+        list(spec.score([ScoreRequest("s", (1,), (2,))], top_k=2))
