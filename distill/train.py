@@ -407,10 +407,8 @@ def _load_model(source: StudentSource, model_config, dtype, attn: str):
 
 def run(config: TrainConfig) -> dict[str, Any]:
     """Train; returns a summary (steps, final losses, paths). See the module docstring."""
-    import numpy as np
     import torch
 
-    from distill import train_data
     from distill.corpus import CorpusError, open_corpus
     from distill.fingerprint import tokenizer_fingerprint
 
@@ -427,6 +425,12 @@ def run(config: TrainConfig) -> dict[str, Any]:
                                                or (out / "metrics.jsonl").exists()):
         raise ConfigError(f"--out {out}: already holds a training run; pass --resume to continue it or choose a new --out")
     source, _ = resolve_student(config.student, config.tokenizer)
+    if config.tracker != "none":  # fail now, not after OUT exists
+        module = "torch.utils.tensorboard" if config.tracker == "tensorboard" else "mlflow"
+        try:
+            __import__(module)
+        except ImportError:
+            raise ConfigError(f"--tracker {config.tracker}: not installed (pip install 'distill[{config.tracker}]')") from None
     try:
         corpus = open_corpus(list(config.corpus))
         if config.verify_corpus:
@@ -452,7 +456,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
 
     # ---- distributed setup (reads the launcher's environment)
     from accelerate import Accelerator
-    from accelerate.utils import DeepSpeedPlugin, set_seed
+    from accelerate.utils import DeepSpeedPlugin
 
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
@@ -473,11 +477,9 @@ def run(config: TrainConfig) -> dict[str, Any]:
         unset_hf_deepspeed_config()
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
-        del np
 
 
 def _train(config, accelerator, corpus, tokenizer, source, model_config, kd_weight, student_fp, out, say):
-    import numpy as np
     import torch
     from accelerate.utils import set_seed
     from tqdm import tqdm
@@ -491,7 +493,8 @@ def _train(config, accelerator, corpus, tokenizer, source, model_config, kd_weig
         batch_size=config.batch_size, grad_accum=config.grad_accum, world_size=world, seed=config.seed,
     )
     lengths = corpus.lengths()
-    held_out = train_data.holdout_rows(corpus.row_group_offsets, corpus.num_rows, config.eval_rows, config.seed)
+    eval_rows = config.eval_rows or (64 if config.eval_every else 0)  # --eval-every alone: 64 rows
+    held_out = train_data.holdout_rows(corpus.row_group_offsets, corpus.num_rows, eval_rows, config.seed)
     steps_per_epoch = [train_data.steps_in(train_data.plan_epoch(lengths, corpus.row_group_offsets, spec, 0, held_out), spec)]
     if steps_per_epoch[0] == 0:
         raise ConfigError(
@@ -702,13 +705,11 @@ def _train(config, accelerator, corpus, tokenizer, source, model_config, kd_weig
     say(f"done: {step} steps; loss {last.get('loss', float('nan')):.4f} (kd {last.get('kd', 0):.4f}, ce "
         f"{last.get('ce', 0):.4f})" + (f"; held-out KL {final_eval['eval_kl']:.4f}" if final_eval and 'eval_kl' in final_eval else "")
         + f"; model in {final}")
-    del np
     return summary
 
 
 def _save_final(accelerator, wrapper, model_config, tokenizer, source, lora_config, out, config, say) -> Path:
     """Write OUT/final (merged HF model dir) and, for LoRA, OUT/adapter. Atomic renames."""
-    import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     accelerator.wait_for_everyone()
@@ -750,6 +751,5 @@ def _save_final(accelerator, wrapper, model_config, tokenizer, source, lora_conf
         tokenizer.save_pretrained(str(tmp))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        del torch
     accelerator.wait_for_everyone()
     return final
