@@ -250,8 +250,9 @@ def test_completion_response_through_http_client_matches_offline_conversion():
         assert request["return_tokens_as_token_ids"] and request["return_token_ids"] and request["logprobs"] == k
         return _completion_response(request, k, seed)
 
-    with FaultyServer(responder=responder, fault_rate=0.5, stall_s=1.0) as server:
-        endpoint = EndpointConfig(base_url=server.base_url, served_model="m", concurrency=8, request_timeout_s=0.5,
+    with FaultyServer(responder=responder, fault_rate=0.5, stall_s=2.5) as server:
+        # Generous timeout: this server builds each answer with vLLM's serving code, slowly.
+        endpoint = EndpointConfig(base_url=server.base_url, served_model="m", concurrency=8, request_timeout_s=2.0,
                                   backoff_base_s=0.01, backoff_max_s=0.05)
         teacher = OpenAITeacher("t", "m", tokenizer=None, endpoint=endpoint, max_context=4096)
         requests = [GenerationRequest(f"r{i}", (1, 2, i), seed=i) for i in range(24)]
@@ -345,3 +346,21 @@ def test_score_requests_through_teacher_with_real_outputs():
     assert built[0]["enable_prefix_caching"] is False  # score: every prompt position must be computed
     assert outs[0].topk_ids.tolist() == [[100, 101, 102]] * 3
     np.testing.assert_allclose(outs[0].sampled_logprobs, [-5.0] * 3)
+
+
+def test_engine_call_shapes_match_vllm_llm():
+    """What run_chunk hands LLM.generate: TokensPrompt dicts, one SamplingParams per prompt."""
+    import inspect
+    import typing
+
+    from vllm import LLM
+    from vllm.inputs import TokensPrompt
+
+    hints = typing.get_type_hints(TokensPrompt)
+    assert "prompt_token_ids" in hints and "prompt_token_ids" in TokensPrompt.__required_keys__
+    prompts = [{"prompt_token_ids": [1, 2, 3]}, {"prompt_token_ids": [4, 5]}]
+    params = [vllm.SamplingParams(max_tokens=4, seed=i, logprobs=2, flat_logprobs=True, detokenize=False) for i in range(2)]
+    inspect.signature(LLM.generate).bind(None, prompts, params, use_tqdm=False)
+    init = inspect.signature(LLM.__init__)
+    for name in ("tensor_parallel_size", "dtype", "gpu_memory_utilization", "seed", "revision", "tokenizer"):
+        assert name in init.parameters, name

@@ -44,7 +44,7 @@ def _teacher(base_url: str, tokenizer=None, **kw) -> OpenAITeacher:
 
 
 def _recipe(tmp_path: Path, base_url: str, tokenizer_dir: Path, **endpoint) -> Path:
-    block = {"base_url": base_url, "server": "vllm", "concurrency": 64, "request_timeout_s": 0.75,
+    block = {"base_url": base_url, "server": "vllm", "concurrency": 64, "request_timeout_s": 1.0,
              "backoff_base_s": 0.05, "backoff_max_s": 0.5}
     block.update(endpoint)
     path = tmp_path / "endpoint.yaml"
@@ -91,7 +91,7 @@ def _rows(out: Path) -> dict[str, tuple]:
 @pytest.mark.slow
 def test_1000_requests_at_concurrency_64_with_faults_then_kill_and_resume(tmp_path, tiny_tokenizer_dir):
     seeds = _seeds(tmp_path, NUM_PROMPTS)
-    with FaultyServer(stall_s=1.0) as server:
+    with FaultyServer(stall_s=1.3) as server:
         recipe = _recipe(tmp_path, server.base_url, tiny_tokenizer_dir)
         out = tmp_path / "corpus"
         start = time.perf_counter()
@@ -159,7 +159,7 @@ def test_black_box_endpoint_text_only(tmp_path, tiny_tokenizer_dir):
         return {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": [
             {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
 
-    with FaultyServer(responder=responder, api_key=key, fault_rate=0.3, stall_s=1.0) as server:
+    with FaultyServer(responder=responder, api_key=key, fault_rate=0.3, stall_s=1.3) as server:
         recipe = _recipe(tmp_path, server.base_url, tiny_tokenizer_dir, server="openai", api="chat", logprobs=False,
                          api_key_env="DISTILL_TEST_KEY")
         out = tmp_path / "bb"
