@@ -3,6 +3,7 @@
 
     python bench/capture_overhead.py                      # Qwen2.5-0.5B-shaped random model, vocab 151936
     python bench/capture_overhead.py --shape tiny         # 2-layer, 64-wide: vocab work dominates (worst case)
+    python bench/capture_overhead.py --shape qwen0.5b-4layers --batch 8 --prompt-len 16 --new-tokens 24 --reps 2
 
 Runs on CUDA (bf16) when present, else CPU (fp32). Prints a Markdown report; --out saves it.
 """
@@ -20,6 +21,9 @@ SHAPES = {
     # layer shapes of Qwen2.5-0.5B (random weights: timing does not depend on their values)
     "qwen0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                      num_key_value_heads=2),
+    # Qwen2.5-0.5B widths, 4 layers: the same vocabulary work per token, a quarter of the depth
+    "qwen0.5b-4layers": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=4, num_attention_heads=14,
+                             num_key_value_heads=2),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
 }
 

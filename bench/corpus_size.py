@@ -29,7 +29,7 @@ VOCAB = 151936
 K = 20
 
 
-def random_model_rows(num_tokens: int, batch: int, new_tokens: int, seed: int = 0):
+def random_model_rows(num_tokens: int, batch: int, new_tokens: int, kl_tokens: int, seed: int = 0):
     """Sample from a random vocab-151936 Qwen2 via distill's capture; also returns student log-probs."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
@@ -56,16 +56,17 @@ def random_model_rows(num_tokens: int, batch: int, new_tokens: int, seed: int = 
         out = generate_batch(teacher, None, prompts, [len(rows) + i for i in range(batch)], params,
                              eos_ids=[VOCAB - 1], pad_id=VOCAB - 1)
         for prompt, row in zip(prompts, out):
-            full = torch.tensor([prompt + row["response_ids"].tolist()])
-            with torch.inference_mode():
-                logits = student(full).logits[0, len(prompt) - 1:-1].float()
-            logq = torch.log_softmax(logits, -1)
-            ids = torch.from_numpy(row["topk_ids"]).long()
-            student_rows.append((logq.gather(1, ids).numpy(), ))
+            if total < kl_tokens:  # the student's log-probs at the teacher's top-k ids, for the KL check
+                full = torch.tensor([prompt + row["response_ids"].tolist()])
+                with torch.inference_mode():
+                    logits = student(full).logits[0, len(prompt) - 1:-1].float()
+                logq = torch.log_softmax(logits, -1)
+                ids = torch.from_numpy(row["topk_ids"]).long()
+                student_rows.append(logq.gather(1, ids).numpy())
             rows.append((prompt, row))
             total += len(row["response_ids"])
         print(f"  random model: {total} tokens, {time.time() - start:.0f} s", flush=True)
-    return rows, [s[0] for s in student_rows]
+    return rows, student_rows
 
 
 def synthetic_rows(num_tokens: int, seq_len: int = 256, seed: int = 0):
@@ -184,8 +185,10 @@ def measure(name: str, rows, student, lines: list[str]) -> None:
     lines += [f"| {label} | {size / num_tokens:.2f} |" for label, size in options.items()]
 
     # KL error of the stored values
+    kl_rows = len(student)  # the student's log-probs may cover only the first rows
+    kl_tokens = sum(len(lp) for lp in lps[:kl_rows])
     exact_kl = np.concatenate([forward_kl(lp, s) for lp, s in zip(lps, student)])
-    lines += ["", "Forward KL(teacher || student) over k+1 bins, exact vs stored (nats/token):", "",
+    lines += ["", f"Forward KL(teacher || student) over k+1 bins, exact vs stored, on {kl_tokens} tokens (nats/token):", "",
               "| scale (codes/nat) | mean KL exact | mean KL stored | abs diff of means | mean abs diff per token | max abs diff |",
               "| --- | --- | --- | --- | --- | --- |"]
     from distill.corpus.encoding import decode_topk_logprobs
@@ -242,6 +245,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--kl-tokens", type=int, default=100_000, help="random model: tokens the student scores for the KL check")
     parser.add_argument("--skip-random", action="store_true", help="only the synthetic distribution (fast)")
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -250,10 +254,10 @@ def main() -> None:
     lines = ["# Corpus size and log-prob precision", "",
              f"- date: {dt.date.today().isoformat()}; machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
              f"{platform.platform()}; torch {torch.__version__}",
-             f"- vocabulary {VOCAB}, k = {K}; `python bench/corpus_size.py --tokens {args.tokens}`", ""]
+             f"- vocabulary {VOCAB}, k = {K}; `python bench/corpus_size.py --tokens {args.tokens} --kl-tokens {args.kl_tokens} --batch {args.batch} --new-tokens {args.new_tokens}`", ""]
     start = time.time()
     if not args.skip_random:
-        rows, student = random_model_rows(args.tokens, args.batch, args.new_tokens)
+        rows, student = random_model_rows(args.tokens, args.batch, args.new_tokens, args.kl_tokens)
         measure("Random-init Qwen2 teacher (vocab 151936), sampled at T=1 through the HF capture path — worst case for ids",
                 rows, student, lines)
     rows, student = synthetic_rows(args.tokens)
