@@ -121,6 +121,10 @@ def _position_arrays(position_logprobs: Any, token_ids: Sequence[int], k: int, w
     num_tokens = len(token_ids)
     if len(position_logprobs) != num_tokens:
         raise TeacherRequestError(f"{where}: {len(position_logprobs)} log-prob positions for {num_tokens} tokens")
+    if not isinstance(position_logprobs, list) and num_tokens:
+        fast = _flat_positions(position_logprobs, token_ids, k)
+        if fast is not None:
+            return fast
     topk_ids = np.empty((num_tokens, k), dtype=np.int32)
     topk_logprobs = np.empty((num_tokens, k), dtype=np.float32)
     chosen = np.empty(num_tokens, dtype=np.float32)
@@ -145,6 +149,36 @@ def _position_arrays(position_logprobs: Any, token_ids: Sequence[int], k: int, w
         topk_ids[t] = [tid for tid, _ in ranked]
         topk_logprobs[t] = [v[0] for _, v in ranked]
     return topk_ids, topk_logprobs, chosen
+
+
+def _flat_positions(flat: Any, token_ids: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Vectorized FlatLogprobs conversion for the layout the engine writes: per position the
+    chosen token, then ranks 1..k. The conversion runs while the GPU waits for the next chunk,
+    so it matters at 70B throughput. None (use the general path) for any other layout."""
+    num_tokens = len(token_ids)
+    width = k + 1
+    starts = np.asarray(flat.start_indices, dtype=np.int64)
+    ends = np.asarray(flat.end_indices, dtype=np.int64)
+    base = int(starts[0])
+    if not ((ends - starts) == width).all() or not (starts == base + width * np.arange(num_tokens)).all():
+        return None
+    span = slice(base, base + width * num_tokens)
+    ids = np.asarray(flat.token_ids[span], dtype=np.int64).reshape(num_tokens, width)
+    ranks = flat.ranks[span]
+    if any(r is None for r in ranks[1::width]):
+        return None
+    ranks = np.asarray(ranks, dtype=object).reshape(num_tokens, width)
+    if not (ranks[:, 1:] == np.arange(1, width)).all() or not (ids[:, 0] == np.asarray(token_ids)).all():
+        return None
+    top_ids = ids[:, 1:]
+    if k > 1 and (np.diff(np.sort(top_ids, axis=1), axis=1) == 0).any():
+        return None  # repeated ids within a position: let the general path merge them
+    logprobs = np.asarray(flat.logprobs[span], dtype=np.float64).reshape(num_tokens, width)
+    top_lps = logprobs[:, 1:]
+    order = np.argsort(-top_lps, axis=1, kind="stable")  # already rank order; keeps it exact
+    return (np.take_along_axis(top_ids, order, axis=1).astype(np.int32),
+            np.take_along_axis(top_lps, order, axis=1).astype(np.float32),
+            logprobs[:, 0].astype(np.float32))
 
 
 def finish_reason(raw: Any) -> tuple[str | None, str | None]:

@@ -83,7 +83,11 @@ def test_sample_logprobs_both_forms_k_and_k_plus_1(flat):
     sizes = [len(container[t]) for t in range(len(response))]
     assert sizes[0] == k + 1 and sizes[1] == k
     if flat:
+        from distill.teachers.vllm import _flat_positions
+
         assert container.end_indices[1] - container.start_indices[1] == k + 1
+        # The engine's flat layout takes the vectorized path (not the per-entry fallback).
+        assert _flat_positions(container, response, k) is not None
     completion = CompletionOutput(index=0, text="", token_ids=response, cumulative_logprob=None,
                                   logprobs=container, finish_reason="length")
     request = RequestOutput(request_id="0", prompt=None, prompt_token_ids=[1, 2, 3], prompt_logprobs=None,
