@@ -894,6 +894,12 @@ def _protocol_teacher_ref(spec: str, suite: Suite, config: EvalConfig) -> Teache
         opened.close()
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 def _check_teacher_spec(flag: str, spec: str, models: dict[str, str]) -> None:
     from distill.teachers import teacher_recipe
 
@@ -942,6 +948,7 @@ def run(config: EvalConfig) -> dict[str, Any]:
             "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size, "kl_top_k": config.kl_top_k,
             "speed_prompts": min(config.speed_prompts, len(suite.rows)), "decoding": "greedy",
             "device": str(_torch_device_dtype(config)[0]), "dtype": str(_torch_device_dtype(config)[1]).replace("torch.", ""),
+            "torch_threads": _torch_threads(),
         },
         "methods": {
             "score_ci": "95% Wilson interval when all row scores are 0/1, else percentile bootstrap (2000 resamples)",
@@ -1111,7 +1118,8 @@ def format_markdown(report: dict[str, Any]) -> str:
         "## Settings and methods",
         "",
         f"Greedy decoding, max_new_tokens {settings['max_new_tokens']}, batch size {settings['batch_size']}, "
-        f"device {settings['device']} ({settings['dtype']}); speed over {settings['speed_prompts']} prompts; "
+        f"device {settings['device']} ({settings['dtype']}, {settings['torch_threads']} CPU threads); "
+        f"speed over {settings['speed_prompts']} prompts; "
         f"KL over the teacher's top-{settings['kl_top_k']} + tail.",
         "",
     ]
