@@ -341,3 +341,32 @@ def test_score_mode_uses_vllm_prompt_logprobs(tiny_tokenizer_dir):
     spec = _teacher("http://127.0.0.1:9/v1", server="openai")
     with pytest.raises(ConfigError, match="prompt_logprobs"):
         list(spec.score([ScoreRequest("s", (1,), (2,))], top_k=2))
+
+
+def test_every_backend_writes_the_same_corpus_schema(tmp_path, tiny_tokenizer_dir, tiny_teacher_dir):
+    """HF in-process, an endpoint with log-probs, and a black-box endpoint: one schema."""
+    import pyarrow.parquet as pq
+
+    from distill.generate import GenerateConfig, run
+
+    seeds = _seeds(tmp_path, 6)
+
+    def text_only(request):
+        return {"id": "c", "object": "text_completion", "created": 0, "model": "m", "choices": [
+            {"index": 0, "text": "Bonjour.", "finish_reason": "stop"}]}
+
+    common = dict(prompts=str(seeds), top_k=5, max_new_tokens=6, progress=False)
+    run(GenerateConfig(teacher=str(tiny_teacher_dir), out=str(tmp_path / "hf"), **common))
+    with FaultyServer(fault_rate=0.0) as server:
+        recipe = _recipe(tmp_path, server.base_url, tiny_tokenizer_dir)
+        run(GenerateConfig(teacher=str(recipe), out=str(tmp_path / "http"), **common))
+    with FaultyServer(fault_rate=0.0, responder=text_only) as server:
+        (tmp_path / "bb-recipe").mkdir()
+        bb = _recipe(tmp_path / "bb-recipe", server.base_url, tiny_tokenizer_dir, server="openai", logprobs=False)
+        run(GenerateConfig(teacher=str(bb), out=str(tmp_path / "bb"), **common))
+    schemas = {name: pq.read_schema(next((tmp_path / name / "data").glob("*.parquet"))).remove_metadata()
+               for name in ("hf", "http", "bb")}
+    assert schemas["hf"] == schemas["http"] == schemas["bb"]
+    manifests = {name: json.loads((tmp_path / name / "manifest.json").read_text()) for name in schemas}
+    assert set(manifests["hf"]) == set(manifests["http"]) == set(manifests["bb"])
+    assert [manifests[n]["top_k"] for n in ("hf", "http", "bb")] == [5, 5, 0]
