@@ -303,7 +303,9 @@ def wilson_interval(successes: float, n: int, z: float = _Z95) -> tuple[float, f
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, center - half), min(1.0, center + half))
+    low = 0.0 if successes == 0 else max(0.0, center - half)  # exact at the ends, not 1e-19 off
+    high = 1.0 if successes == n else min(1.0, center + half)
+    return (low, high)
 
 
 def bootstrap_interval(scores: np.ndarray, seed: int, resamples: int = _BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
@@ -1168,8 +1170,9 @@ def plot_chart(report: dict[str, Any], path: Path) -> None:
     x = np.arange(len(names))
     fig, (ax_score, ax_speed) = plt.subplots(1, 2, figsize=(max(7, 2.2 * len(names) + 3), 3.8))
     scores = [e["score"] if e.get("score") is not None else 0.0 for e in entries]
-    lows = [s - (e["score_ci"][0] if e.get("score_ci") else s) for s, e in zip(scores, entries)]
-    highs = [(e["score_ci"][1] if e.get("score_ci") else s) - s for s, e in zip(scores, entries)]
+    # Clamped: a Wilson bound can sit a rounding error on the wrong side of the mean at 0 or 1.
+    lows = [max(0.0, s - (e["score_ci"][0] if e.get("score_ci") else s)) for s, e in zip(scores, entries)]
+    highs = [max(0.0, (e["score_ci"][1] if e.get("score_ci") else s) - s) for s, e in zip(scores, entries)]
     ax_score.bar(x, scores, yerr=[lows, highs], capsize=4, color="#4C72B0")
     ax_score.set_xticks(x, names)
     ax_score.set_ylim(0, 1.05)

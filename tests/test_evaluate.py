@@ -530,3 +530,20 @@ def test_exit_code_precedence():
     failed = {"models": {"a": {"status": "ok"}, "b": {"status": "failed"}}, "gate": {"passed": True}}
     assert exit_code(failed) == EXIT_MODEL_FAILED
     assert exit_code({**failed, "gate": {"passed": False}}) == EXIT_GATE_FAILED
+
+
+def test_chart_handles_ci_bounds_at_the_ends(tmp_path):
+    from distill.evaluate import plot_chart
+
+    assert wilson_interval(0, 600)[0] == 0.0 and wilson_interval(600, 600)[1] == 1.0
+    entry = {"status": "ok", "tokens_per_s": 10.0, "tokens_per_s_batch": 50.0}
+    report = {
+        "suite": {"name": "s"}, "settings": {"batch_size": 4},
+        "models": {
+            "zero": {**entry, "score": 0.0, "score_ci": [4e-19, 0.006]},  # a bound a hair past the mean
+            "one": {**entry, "score": 1.0, "score_ci": [0.99, 1.0 - 1e-17]},
+            "failed": {"status": "failed", "score": None, "score_ci": None},
+        },
+    }
+    plot_chart(report, tmp_path / "r.png")
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
