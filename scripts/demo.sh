@@ -11,8 +11,9 @@ set -euo pipefail
 
 RUN=${RUN:-runs/demo}
 SEED=${SEED:-0}
+TEACHER=${TEACHER:-demo}
 AUGMENT=${AUGMENT:-2000}
-STEPS=${STEPS:-1200}
+STEPS=${STEPS:-600}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 export TOKENIZERS_PARALLELISM=false
 
@@ -20,7 +21,7 @@ step() { printf '\n== %s  (%ss elapsed)\n' "$1" "$SECONDS"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
 step "1/5  teacher: 64 seeds -> $AUGMENT synthetic prompts -> responses with top-20 log-probs"
-run distill generate --teacher demo --prompts data/demo/seeds.jsonl --out "$RUN/corpus" \
+run distill generate --teacher "$TEACHER" --prompts data/demo/seeds.jsonl --out "$RUN/corpus" \
     --augment "$AUGMENT" --decontaminate demo --seed "$SEED" \
     --top-k 20 --max-new-tokens 64 --batch-size 64 --no-progress
 
@@ -29,7 +30,7 @@ run distill train --student demo --corpus "$RUN/corpus" --out "$RUN/student" \
     --kd-weight 0.5 --max-steps "$STEPS" --seed "$SEED"
 
 step "3/5  baseline corpus: the 64 seeds with their labelled reference answers"
-run distill generate --teacher demo --prompts data/demo/seeds.jsonl --out "$RUN/seeds_corpus" \
+run distill generate --teacher "$TEACHER" --prompts data/demo/seeds.jsonl --out "$RUN/seeds_corpus" \
     --responses reference --top-k 20 --max-new-tokens 64 --seed "$SEED" --no-progress
 
 step "4/5  baseline student: the same recipe and step budget, SFT on the 64 labelled seeds alone"
@@ -38,7 +39,7 @@ run distill train --student demo --corpus "$RUN/seeds_corpus" --out "$RUN/seeds_
 
 step "5/5  eval: teacher vs student vs seeds-only on the held-out demo suite"
 set +e
-run distill eval --model teacher=demo --model student="$RUN/student" --model seeds_only="$RUN/seeds_only" \
+run distill eval --model teacher="$TEACHER" --model student="$RUN/student" --model seeds_only="$RUN/seeds_only" \
     --suite demo --teacher teacher --out "$RUN/eval" --max-new-tokens 64 --batch-size 64 \
     --gate "student.score >= 0.95 * teacher.score"
 gate=$?

@@ -4,7 +4,7 @@ Deterministic (seeded ``random.Random``), no dependencies beyond the standard li
 seeds, the eval suite and the demo teacher's training data are reproduced byte for byte by
 ``python data/demo/make_data.py``.
 
-A problem is a short story (one or two people, objects, 1-3 events) and a question; the answer
+A problem is a short story (one or two people, objects, 1-2 events) and a question; the answer
 is a chain of one-operation steps, one per line, and a final ``Answer: N`` line::
 
     Mia has 7 shells. After that she finds 5 shells on the beach. Then she gives 3 shells to Leo.
@@ -26,8 +26,8 @@ import random
 import re
 from dataclasses import dataclass
 
-MAX_VALUE = 12
-MAX_CHANGE = 4
+MAX_VALUE = 10
+MAX_CHANGE = 3
 
 NAMES = [
     ("Mia", "she"), ("Leo", "he"), ("Ava", "she"), ("Sam", "he"), ("Zoe", "she"), ("Max", "he"),
@@ -141,7 +141,7 @@ def _timeline(rng: random.Random) -> Problem:
     """One person, a starting count and 2-4 events (gain, loss, doubling)."""
     (name, pron), (friend, _) = _two_people(rng)
     single, plural, place, container = rng.choice(OBJECTS)
-    value = rng.randint(2, 9)
+    value = rng.randint(2, 7)
     fill = {"n": name, "p": pron, "f": friend, "o": plural, "place": place, "c": container,
             "obj": OBJ_PRONOUN[pron], "poss": POSSESSIVE[pron] if rng.random() < 0.5 else f"{name}'s"}
     start = rng.choice(STARTS)
@@ -149,7 +149,7 @@ def _timeline(rng: random.Random) -> Problem:
         fill["poss"] = f"{name}'s"
     sentences = [start.format(x=value, **fill)]
     steps: list[tuple[int, str, int, int]] = []
-    num_events = rng.choice([1, 2, 2, 3])
+    num_events = rng.choice([1, 2, 2])
     connectives = rng.sample(CONNECTIVES, num_events)
     for i in range(num_events):
         choices = []
@@ -183,7 +183,7 @@ def _groups(rng: random.Random) -> Problem:
     """Equal groups (a multiplication), then one or two changes."""
     (name, pron), (friend, _) = _two_people(rng)
     single, plural, place, container = rng.choice(OBJECTS)
-    groups, size = rng.randint(2, 3), rng.randint(2, 4)
+    groups, size = rng.randint(2, 3), rng.randint(2, 3)
     value = groups * size
     fill = {"n": name, "p": pron, "f": friend, "o": plural, "place": place, "c": container,
             "obj": OBJ_PRONOUN[pron]}
@@ -213,7 +213,7 @@ def _shopping(rng: random.Random) -> Problem:
     name, pron = rng.choice(NAMES)
     single, plural = rng.choice(ITEMS)
     money = rng.choice(CURRENCIES)
-    price, quantity = rng.randint(2, 4), rng.randint(2, 3)
+    price, quantity = rng.randint(2, 3), rng.randint(2, 3)
     cost = price * quantity
     paid = rng.randint(cost + 1, min(MAX_VALUE, cost + MAX_CHANGE)) if cost < MAX_VALUE else cost
     article = "An" if single[0] in "aeiou" else "A"
@@ -231,7 +231,7 @@ def _two_counts(rng: random.Random) -> Problem:
     """Two people: one count relative to the other, then a total or a difference."""
     (name, pron), (other, _) = _two_people(rng)
     _, plural, _, _ = rng.choice(OBJECTS)
-    first = rng.randint(2, 6)
+    first = rng.randint(2, 5)
     if rng.random() < 0.5:
         delta = rng.randint(1, min(MAX_CHANGE, MAX_VALUE - 2 * first) if MAX_VALUE - 2 * first >= 1 else 1)
         second, rel, op = first + delta, rng.choice(["{d} more {o} than", "{d} {o} more than"]), "+"
@@ -259,7 +259,7 @@ def _exchange(rng: random.Random) -> Problem:
     """Two people, one gives some to the other; how many more does one have now."""
     (name, pron), (other, _) = _two_people(rng)
     _, plural, _, _ = rng.choice(OBJECTS)
-    a = rng.randint(4, 8)
+    a = rng.randint(4, 6)
     give = rng.randint(1, min(MAX_CHANGE, a - 1))
     b = rng.randint(max(1, a - 2 * give + 1), min(MAX_VALUE - give, a - give + MAX_CHANGE))
     a2, b2 = a - give, b + give
