@@ -54,17 +54,26 @@ def _load_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _manifests_in(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise CorpusError(f"{folder}: not a corpus directory (does not exist)")
+def _manifests_here(folder: Path) -> list[Path]:
     if (folder / MANIFEST_NAME).is_file():
         return [folder / MANIFEST_NAME]
-    workers = sorted(folder.glob("manifest-worker-*-of-*.json"))
-    if not workers:
+    return sorted(folder.glob("manifest-worker-*-of-*.json"))
+
+
+def _manifests_in(folder: Path) -> list[Path]:
+    """Manifests of a corpus dir: manifest.json, else its workers' manifests, else those of its
+    sub-folders (one per worker, e.g. each instance's output synced side by side)."""
+    if not folder.is_dir():
+        raise CorpusError(f"{folder}: not a corpus directory (does not exist)")
+    found = _manifests_here(folder)
+    if not found:
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+            found.extend(_manifests_here(sub))
+    if not found:
         raise CorpusError(
             f"{folder}: no {MANIFEST_NAME} (the generate run has not finished, or this is not a corpus)"
         )
-    return workers
+    return found
 
 
 class Corpus:

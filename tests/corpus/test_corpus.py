@@ -106,6 +106,10 @@ def test_workers_union_and_incomplete(tmp_path):
     write_corpus(tmp_path / "a", rows, num_shards=4, worker=(0, 2))
     write_corpus(tmp_path / "b", rows, num_shards=4, worker=(1, 2))
     assert open_corpus([tmp_path / "a", tmp_path / "b"]).num_rows == 12
+    parent = tmp_path / "synced"  # worker outputs side by side under one folder
+    write_corpus(parent / "worker-0", rows, num_shards=4, worker=(0, 2))
+    write_corpus(parent / "worker-1", rows, num_shards=4, worker=(1, 2))
+    assert sorted(r.id for r in open_corpus(parent).iter_rows()) == sorted(r.id for r in rows)
     with pytest.raises(CorpusError, match="given twice"):
         open_corpus([tmp_path / "a", tmp_path / "a"])
 
