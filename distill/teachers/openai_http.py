@@ -258,14 +258,44 @@ def parse_completion_choice(choice: dict[str, Any], k: int, token_map: TokenMap,
     ids = [token_map.to_id(tok, where=f"{where} token {t}") for t, tok in enumerate(tokens)]
     if choice.get("token_ids") is not None and list(map(int, choice["token_ids"])) != ids:
         raise EndpointError(f"{where}: token_ids and logprobs tokens disagree")
+    sampled = np.asarray([MIN_LOGPROB if v is None else v for v in token_logprobs], dtype=np.float32)
+    fast = _token_id_topk(top, k)
+    if fast is not None:
+        return ids, fast[0], fast[1], sampled, text, finish, server_finish
     positions = []
     for t, step in enumerate(top):
         if step is None:
             raise EndpointError(f"{where}: no top log-probs at response position {t}")
         positions.append([(token_map.to_id(tok, where=f"{where} top token at {t}"), float(v)) for tok, v in step.items()])
     topk_ids, topk_lp = _topk_arrays(positions, k, where)
-    sampled = np.asarray([MIN_LOGPROB if v is None else v for v in token_logprobs], dtype=np.float32)
     return ids, topk_ids, topk_lp, sampled, text, finish, server_finish
+
+
+def _token_id_topk(top: list[Any], k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Vectorized top-k for vLLM's ``token_id:N``-keyed completions log-probs (distinct keys,
+    k or k+1 per position); None for anything else (the general path then maps strings)."""
+    if not top or any(step is None or not k <= len(step) <= k + 1 for step in top):
+        return None
+    counts = np.fromiter((len(step) for step in top), dtype=np.int64, count=len(top))
+    total = int(counts.sum())
+    try:
+        ids = np.fromiter((int(key[9:]) if key.startswith(TOKEN_ID_PREFIX) else -1 for step in top for key in step),
+                          dtype=np.int64, count=total)
+    except ValueError:
+        return None
+    if (ids < 0).any():
+        return None
+    logprobs = np.fromiter((v for step in top for v in step.values()), dtype=np.float64, count=total)
+    rows = np.repeat(np.arange(len(top)), counts)
+    cols = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    grid_ids = np.full((len(top), k + 1), -1, dtype=np.int64)
+    grid_lps = np.full((len(top), k + 1), -np.inf)
+    grid_ids[rows, cols] = ids
+    grid_lps[rows, cols] = logprobs
+    # Descending log-prob, ties by id, as the general path orders them.
+    order = np.lexsort((grid_ids, -grid_lps), axis=1)[:, :k]
+    return (np.take_along_axis(grid_ids, order, axis=1).astype(np.int32),
+            np.take_along_axis(grid_lps, order, axis=1).astype(np.float32))
 
 
 def parse_chat_choice(choice: dict[str, Any], k: int, token_map: TokenMap, where: str
