@@ -439,6 +439,8 @@ def run(config: TrainConfig) -> dict[str, Any]:
         raise ConfigError(f"--corpus: {exc}") from None
     tokenizer = _load_tokenizer(source)
     student_fp = tokenizer_fingerprint(tokenizer)
+    if not corpus.tokenizer_fingerprint:
+        say(f"warning: corpus {config.corpus[0]} records no tokenizer fingerprint; cannot check it matches the student's")
     if corpus.tokenizer_fingerprint and corpus.tokenizer_fingerprint != student_fp:
         raise ConfigError(
             f"--corpus {config.corpus[0]}: tokenizer fingerprint {corpus.tokenizer_fingerprint[:12]} differs from the "

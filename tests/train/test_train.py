@@ -221,3 +221,38 @@ def test_bad_input_fails_before_step_one(case, tiny_student_dir, kd_corpus, tmp_
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error:") and expect in result.output, result.output
     assert not out.exists()
+
+
+def test_recipe_defaults_flags_and_random_init(peaked_teacher_dir, kd_corpus, tmp_path):
+    """--student tiny-test: a config recipe (random init) whose train: defaults apply under the flags."""
+    from distill.train import load_train_config
+
+    config = load_train_config(None, {"student": "tiny-test", "tokenizer": str(peaked_teacher_dir),
+                                      "corpus": (str(kd_corpus),), "out": str(tmp_path / "x"), "lr": 2e-3})
+    assert config.lr == 2e-3 and config.tokens_per_batch == 1024 and config.warmup_steps == 2
+    yaml_path = tmp_path / "train.yaml"
+    yaml_path.write_text("max_steps: 2\nkd_weight: 0.25\nbogus: 1\n")
+    with pytest.raises(Exception, match="bogus"):
+        load_train_config(str(yaml_path), {"student": "tiny-test", "tokenizer": str(peaked_teacher_dir)})
+    yaml_path.write_text("max_steps: 2\nkd_weight: 0.25\n")
+    out = tmp_path / "rand"
+    result = cli(["train", "--config", str(yaml_path), "--student", "tiny-test", "--tokenizer", str(peaked_teacher_dir),
+                  "--corpus", str(kd_corpus), "--out", str(out), "--max-seq-len", "64"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["kd_weight"] == 0.25 and saved["max_steps"] == 2 and saved["lr"] == 1e-3
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(out / "final").hidden_size == 64
+
+
+def test_tracker(tiny_student_dir, kd_corpus, tmp_path):
+    out = tmp_path / "tb"
+    result = cli(train_args(tiny_student_dir, kd_corpus, out, max_steps=2, tracker="tensorboard"))
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        assert result.exit_code == 2 and "--tracker tensorboard" in result.output and not out.exists()
+        return
+    assert result.exit_code == 0, result.output
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
