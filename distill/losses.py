@@ -256,10 +256,70 @@ def chunk_rows(vocab_size: int, max_elements: int = 1 << 24) -> int:
     return max(16, max_elements // max(1, vocab_size))
 
 
+def _gathered_loss(lq_top, lq_tail, lq_target, topk_logprobs, valid, *, kd_weight, divergence_name, temperature, beta, alpha):
+    """The loss as a function of the few student log-probs it depends on: top-k [N, k], tail [N],
+    target [N]. Small tensors: autograd through this is cheap."""
+    zero = lq_target.new_zeros(())
+    ce = -lq_target.sum()
+    if topk_logprobs is None:
+        return LossSums(ce, zero, ce.detach())
+    p = teacher_bins(topk_logprobs, valid, temperature)
+    q = _temper(torch.cat([lq_top.masked_fill(~valid, float("-inf")), lq_tail.unsqueeze(-1)], -1), temperature)
+    kd = divergence(divergence_name, p, q, beta=beta, alpha=alpha) * (temperature * temperature)
+    if kd_weight == 0.0:
+        total = ce
+    elif kd_weight == 1.0:
+        total = kd
+    else:
+        total = kd_weight * kd + (1.0 - kd_weight) * ce
+    return LossSums(total, kd.detach(), ce.detach())
+
+
+def _chunk_loss_and_dlogits(logits, targets, topk_ids, topk_logprobs, options, need_grad):
+    """Loss sums of one chunk and, if ``need_grad``, d(total)/d(logits), with two [n, V] buffers.
+
+    The loss depends on the logits only through log q at the top-k ids, at the target, and the
+    tail log q_T = log sum_{j outside top-k} q_j. With g = dL/d(those log-probs) from a small
+    autograd graph and G = sum of all g:
+        dL/dz_j = g_j - q_j G                      (j in top-k; + g_t at the target)
+        dL/dz_j = q_j (g_T / q_T - G)              (j in the tail; + g_t at the target)
+    so the full-vocabulary work is one log-softmax, one exp and one multiply, done in place.
+    The tail is summed from the (positive) tail probabilities themselves: exact, no 1 - sum.
+    """
+    n, vocab = logits.shape
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    del logits
+    if topk_ids is None:
+        ids = torch.zeros((n, 0), dtype=torch.long, device=logprobs.device)
+        valid = torch.zeros((n, 0), dtype=torch.bool, device=logprobs.device)
+    else:
+        valid = (topk_ids >= 0) & (topk_ids < vocab)
+        ids = topk_ids.long().clamp(0, vocab - 1)
+    lq_top = logprobs.gather(1, ids)
+    lq_target = logprobs.gather(1, targets.long().clamp(0, vocab - 1).unsqueeze(-1)).squeeze(-1)
+    probs = logprobs.exp_()  # in place: logprobs is not needed any more
+    # zero the top-k entries (amin makes duplicate/absent slots harmless): probs is now tail-only
+    probs.scatter_reduce_(1, ids, torch.where(valid, 0.0, float("inf")).to(probs.dtype), reduce="amin")
+    tail = probs.sum(-1)
+    leaves = [lq_top.requires_grad_(need_grad), tail.clamp(min=1e-30).log().requires_grad_(need_grad),
+              lq_target.requires_grad_(need_grad)]
+    with torch.enable_grad():
+        sums = _gathered_loss(leaves[0], leaves[1], leaves[2], topk_logprobs, valid, **options)
+    if not need_grad:
+        return sums, None
+    g_top, g_tail, g_target = torch.autograd.grad(sums.total, leaves, allow_unused=True, materialize_grads=True)
+    g_top = torch.where(valid, g_top, torch.zeros((), dtype=g_top.dtype, device=g_top.device))
+    g_all = g_top.sum(-1) + g_tail + g_target
+    dlogits = probs.mul_((g_tail / tail.clamp(min=1e-30) - g_all).unsqueeze(-1))
+    dlogits.scatter_add_(1, ids, torch.where(valid, g_top - lq_top.detach().exp() * g_all.unsqueeze(-1), 0.0))
+    dlogits.scatter_add_(1, targets.long().clamp(0, vocab - 1).unsqueeze(-1), g_target.unsqueeze(-1))
+    return sums, dlogits
+
+
 class _HeadLossGradInForward(torch.autograd.Function):
     """LM head + loss whose gradients are computed chunk by chunk *in the forward pass*.
 
-    Per chunk: logits -> fp32 loss -> d(loss)/d(logits) with autograd on that chunk alone, then
+    Per chunk: logits -> fp32 loss and d(loss)/d(logits) (``_chunk_loss_and_dlogits``), then
     grad_hidden[chunk] = dlogits @ W and grad_W += dlogits^T @ hidden[chunk] (in place, so no
     second [V x H] buffer ever exists). Backward only scales the stored gradients by the incoming
     scalar. Nothing [N x V] outlives a chunk and nothing is recomputed.
@@ -276,14 +336,11 @@ class _HeadLossGradInForward(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             sl = slice(start, start + chunk_size)
             h = hidden[sl]
-            with torch.enable_grad():
-                logits = F.linear(h, weight).float().detach().requires_grad_(need_h or need_w)
-                sums = kd_ce_sums(
-                    logits, targets[sl], None if topk_ids is None else topk_ids[sl],
-                    None if topk_logprobs is None else topk_logprobs[sl], **options,
-                )
-            if need_h or need_w:
-                (dlogits,) = torch.autograd.grad(sums.total, logits)
+            sums, dlogits = _chunk_loss_and_dlogits(
+                F.linear(h, weight), targets[sl], None if topk_ids is None else topk_ids[sl],
+                None if topk_logprobs is None else topk_logprobs[sl], options, need_h or need_w,
+            )
+            if dlogits is not None:
                 if need_h:
                     grad_h[sl] = dlogits.to(weight.dtype) @ weight
                 if need_w:
@@ -292,7 +349,6 @@ class _HeadLossGradInForward(torch.autograd.Function):
                     else:  # bf16 GEMM (fast), accumulated in fp32
                         grad_w.add_(dlogits.to(weight.dtype).t() @ h)
                 del dlogits
-            del logits
             total += sums.total.detach()
             kd += sums.kd
             ce += sums.ce
