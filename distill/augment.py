@@ -273,6 +273,8 @@ _REFUSAL = re.compile(
 _CHATTER = re.compile(r"^(?:sure|certainly|of course|okay|ok)\b.{0,40}\bprompts?\b|^here (?:are|is)\b.{0,40}\bprompts?\b")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
 _SPECIAL = re.compile(r"<\|[^|<>\s]{1,40}\|>|</?s>")
+# A chat template's role line leaking through decoding ("<|im_start|>assistant\n" minus the special token).
+_ROLE_HEADER = re.compile(r"^(?:assistant|user|system)[ \t]*\n")
 
 
 def is_refusal(text: str) -> bool:
@@ -280,14 +282,16 @@ def is_refusal(text: str) -> bool:
 
 
 def broken_format(text: str, special_tokens: Iterable[str] = ()) -> str | None:
-    """Why ``text`` is malformed (leftover special tokens, control or replacement characters,
-    an unclosed code fence), or None."""
+    """Why ``text`` is malformed (leftover special tokens or chat role header, control or
+    replacement characters, an unclosed code fence), or None."""
     if _CONTROL.search(text):
         return "control or replacement character"
     if _SPECIAL.search(text) or any(tok and tok in text for tok in special_tokens):
         return "special token in text"
     if text.count("```") % 2:
         return "unclosed code fence"
+    if _ROLE_HEADER.match(text):
+        return "chat role header in text"
     return None
 
 

@@ -107,6 +107,7 @@ def eval_command(ctx: click.Context, config_path: str | None, **params: Any) -> 
 @click.option("--decontaminate", help="eval suite name in eval/ or JSONL path: no shared n-gram with its prompts")
 @click.option("--decontaminate-ngram", type=int, help="n-gram size in words  [default: 13]")
 @click.option("--judge-threshold", type=float, help="teacher judge: keep prompts scored >= this (1-5); 0 = off  [default: 0]")
+@click.option("--progress/--no-progress", default=None, help="progress bar  [default: on]")
 @click.pass_context
 def augment_command(ctx: click.Context, config_path: str | None, **params: Any) -> None:
     """Write new prompts from a few seeds with the teacher; dedup, filter, decontaminate."""

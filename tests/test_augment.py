@@ -78,6 +78,8 @@ def test_junk_detectors():
     assert broken_format("bad \ufffd byte") is not None
     assert broken_format("```python\nprint(1)") == "unclosed code fence"
     assert broken_format("```python\nprint(1)\n```\nWhat does this print?") is None
+    assert broken_format("assistant\nHow many eggs are left?") == "chat role header in text"
+    assert broken_format("Assistant pay rates: how do they compare?") is None
     assert parse_judge_score("Score: 4") == 4 and parse_judge_score("10/10") is None and parse_judge_score("n/a") is None
 
 
