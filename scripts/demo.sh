@@ -13,7 +13,7 @@ RUN=${RUN:-runs/demo}
 SEED=${SEED:-0}
 TEACHER=${TEACHER:-demo}
 AUGMENT=${AUGMENT:-2000}
-STEPS=${STEPS:-600}
+STEPS=${STEPS:-400}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 export TOKENIZERS_PARALLELISM=false
 
@@ -22,7 +22,7 @@ run() { printf '$ %s\n' "$*"; "$@"; }
 
 step "1/5  teacher: 64 seeds -> $AUGMENT synthetic prompts -> responses with top-20 log-probs"
 run distill generate --teacher "$TEACHER" --prompts data/demo/seeds.jsonl --out "$RUN/corpus" \
-    --augment "$AUGMENT" --decontaminate demo --seed "$SEED" \
+    --augment "$AUGMENT" --augment-config data/demo/augment.yaml --decontaminate demo --seed "$SEED" \
     --top-k 20 --max-new-tokens 64 --batch-size 64 --no-progress
 
 step "2/5  student: KD + SFT on the teacher's corpus"
