@@ -466,10 +466,21 @@ def run(config: TrainConfig) -> dict[str, Any]:
     if config.deepspeed:
         plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(
             config.deepspeed, grad_accum=config.grad_accum, max_grad_norm=config.max_grad_norm, bf16=bf16))
+    if plugin is not None and not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # accelerate sets up no process group for DeepSpeed on CPU (it would report 1 process
+        # while DeepSpeed later runs 2); a CPU (gloo) state first makes ranks and world size right.
+        from accelerate.state import PartialState
+
+        PartialState(cpu=True)
     accelerator = Accelerator(
         mixed_precision="bf16" if bf16 else "no", deepspeed_plugin=plugin,
-        gradient_accumulation_steps=config.grad_accum, cpu=not cuda,
+        # cpu=True would silently turn DeepSpeed off; with DS_ACCELERATOR=cpu it runs on CPU as is
+        gradient_accumulation_steps=config.grad_accum, cpu=not cuda and plugin is None,
     )
+    if plugin is not None:
+        from accelerate.utils import DistributedType
+
+        assert accelerator.distributed_type == DistributedType.DEEPSPEED, accelerator.distributed_type
     try:
         return _train(config, accelerator, corpus, tokenizer, source, model_config, kd_weight, student_fp, out, say)
     finally:
