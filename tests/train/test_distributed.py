@@ -4,6 +4,7 @@ full and LoRA; 2 ranks == 1 rank; kill -9 then --resume reproduces the uninterru
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,7 +46,7 @@ def test_zero3_two_ranks_equal_one_rank_and_final_loads(tiny_student_dir, kd_cor
 @pytest.mark.parametrize("stage,lora", [("zero2", False), ("zero2", True), ("zero3", True)])
 def test_deepspeed_two_ranks(stage, lora, tiny_student_dir, kd_corpus, tmp_path):
     out = tmp_path / "out"
-    extra = {"lora": True, "lora_rank": 4, "lr": "1e-2"} if lora else {}
+    extra = {"lora": True, "lora_rank": 4, "lr": "1e-2"} if lora else {"save_every": 1}
     run_cli(train_args(tiny_student_dir, kd_corpus, out, deepspeed=stage, max_steps=2, **extra), nproc=2)
     steps = [m for m in read_metrics(out) if "loss" in m]
     assert [m["step"] for m in steps] == [1, 2] and all(np.isfinite(m["loss"]) for m in steps)
@@ -56,6 +57,15 @@ def test_deepspeed_two_ranks(stage, lora, tiny_student_dir, kd_corpus, tmp_path)
     initial = load_file(str(Path(tiny_student_dir) / "model.safetensors"))
     changed = [k for k in initial if k in trained and not torch.equal(initial[k], trained[k])]
     assert changed, "no weight changed"
+    if stage == "zero2" and not lora:
+        # a DeepSpeed checkpoint (engine state per rank), and --resume continues from it
+        ckpt = out / "checkpoints" / "step-0000001"
+        assert (ckpt / "COMPLETE").is_file() and (ckpt / "pytorch_model").is_dir()
+        shutil.rmtree(out / "checkpoints" / "step-0000002")
+        run_cli(train_args(tiny_student_dir, kd_corpus, out, deepspeed=stage, max_steps=3, save_every=1, resume=True), nproc=2)
+        resumed = [m for m in read_metrics(out) if "loss" in m]
+        assert [m["step"] for m in resumed] == [1, 2, 3]
+        assert resumed[1]["loss"] == pytest.approx(steps[1]["loss"], rel=1e-6)
     if lora:
         assert (out / "adapter" / "adapter_config.json").is_file()
         assert not any("lora" in k for k in trained), "OUT/final must hold the merged model"
