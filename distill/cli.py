@@ -38,6 +38,9 @@ class DistillGroup(click.Group):
 
 @click.group(cls=DistillGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="distill")
+# The deepspeed launcher inserts --local_rank=N after the module name; the rank comes from the
+# environment (LOCAL_RANK) anyway, so accept and ignore it.
+@click.option("--local_rank", "--local-rank", type=int, hidden=True, expose_value=False)
 def main() -> None:
     """Distill a large teacher LLM into a small student.
 
