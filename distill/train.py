@@ -466,6 +466,18 @@ def run(config: TrainConfig) -> dict[str, Any]:
     if config.deepspeed:
         plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(
             config.deepspeed, grad_accum=config.grad_accum, max_grad_norm=config.max_grad_norm, bf16=bf16))
+    if plugin is not None and "WORLD_SIZE" not in os.environ:
+        # a single process without a launcher: give DeepSpeed a 1-process rendezvous instead of
+        # letting it probe for MPI
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        rendezvous = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        os.environ.update(rendezvous)
+    else:
+        rendezvous = {}
     if plugin is not None and not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # accelerate sets up no process group for DeepSpeed on CPU (it would report 1 process
         # while DeepSpeed later runs 2); a CPU (gloo) state first makes ranks and world size right.
@@ -490,6 +502,11 @@ def run(config: TrainConfig) -> dict[str, Any]:
         unset_hf_deepspeed_config()
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
+        if rendezvous:  # we made this 1-process group: leave the caller's process as we found it
+            for key in rendezvous:
+                os.environ.pop(key, None)
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
 
 
 def _train(config, accelerator, corpus, tokenizer, source, model_config, kd_weight, student_fp, out, say):

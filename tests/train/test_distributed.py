@@ -22,8 +22,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_zero3_two_ranks_equal_one_rank_and_final_loads(tiny_student_dir, kd_corpus, tmp_path):
-    """2 processes x 1 micro-batch (ZeRO-3) == 1 process x 2 micro-batches (no DeepSpeed): same
-    global batch, one division by the global token count -> same loss and same update."""
+    """2 processes x 1 micro-batch (ZeRO-3) == 1 process x 2 micro-batches (no DeepSpeed, and
+    ZeRO-3): same global batch, one division by the global token count -> same loss and update."""
     one, two = tmp_path / "one", tmp_path / "two"
     common = dict(max_steps=1, lr="1e-4")
     result = cli(train_args(tiny_student_dir, kd_corpus, one, grad_accum=2, **common))
@@ -34,6 +34,13 @@ def test_zero3_two_ranks_equal_one_rank_and_final_loads(tiny_student_dir, kd_cor
     for key in ("loss", "kd", "ce"):
         assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-6)
     assert_weights_close(one / "final", two / "final", atol=1e-5)
+    # and one process under ZeRO-3 itself, without a launcher (in-process)
+    one_ds = tmp_path / "one_ds"
+    result = cli(train_args(tiny_student_dir, kd_corpus, one_ds, grad_accum=2, deepspeed="zero3", **common))
+    assert result.exit_code == 0, result.output
+    assert read_metrics(one_ds)[0]["loss"] == pytest.approx(m1["loss"], rel=1e-5)
+    assert_weights_close(one / "final", one_ds / "final", atol=1e-5)
+    assert "WORLD_SIZE" not in os.environ  # the 1-process rendezvous was cleaned up
     # the ZeRO-3 OUT/final is a complete HF model dir: loads and generates
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
