@@ -124,11 +124,22 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> float:
     return time.perf_counter() - start
 
 
-def pipeline(seed: int, base: Path, steps: int) -> dict:
+def synthetic_prompts(corpus: Path) -> list[str]:
+    """The accepted synthetic prompts, as the corpus stores them (origin.source == synthetic)."""
+    from distill.corpus import open_corpus
+
+    return [row.prompt_text for row in open_corpus(corpus).iter_rows() if row.origin.get("source") == "synthetic"]
+
+
+def pipeline(seed: int, base: Path, steps: int, reuse: bool = False) -> dict:
     out = base / f"s{seed}"
-    seconds = run(["bash", "scripts/demo.sh"], {"RUN": str(out), "SEED": str(seed), "STEPS": str(steps)})
-    report = json.loads((out / "eval" / "report.json").read_text())["models"]
-    synthetic = [r["prompt"] for r in read_jsonl(out / "corpus" / "augment" / "prompts.jsonl")]
+    report_path = out / "eval" / "report.json"
+    if reuse and report_path.exists():  # an earlier run: its wall time from the files it wrote
+        seconds = report_path.stat().st_mtime - (out / "corpus" / "run.json").stat().st_mtime
+    else:
+        seconds = run(["bash", "scripts/demo.sh"], {"RUN": str(out), "SEED": str(seed), "STEPS": str(steps)})
+    report = json.loads(report_path.read_text())["models"]
+    synthetic = synthetic_prompts(out / "corpus")
     manifest = json.loads((out / "corpus" / "manifest.json").read_text())
     suite = [r["prompt"] for r in read_jsonl(ROOT / "eval" / "demo.jsonl")]
     pairs, in_pairs = near_duplicates(synthetic)
@@ -147,9 +158,16 @@ def pipeline(seed: int, base: Path, steps: int) -> dict:
     }
 
 
-def curve(seed: int, base: Path, steps: int, every: int, teacher_score: float) -> dict:
+def wait_for(path: Path) -> None:
+    """Block until ``path`` exists (the curve can start while the pipeline is still evaluating)."""
+    while not path.exists():
+        time.sleep(10)
+
+
+def curve(seed: int, base: Path, steps: int, every: int) -> dict:
     suite = read_jsonl(ROOT / "eval" / "demo.jsonl")
     corpus = base / f"s{seed}" / "corpus"
+    wait_for(corpus / "manifest.json")
     arms = {}
     for name, weight in (("kd+sft", "0.5"), ("sft", "0")):
         out = base / f"s{seed}" / f"curve-{name.replace('+', '_')}"
@@ -162,9 +180,13 @@ def curve(seed: int, base: Path, steps: int, every: int, teacher_score: float) -
             model_dir = checkpoint_as_model(ckpt, out / "final", out / "scored" / ckpt.name)
             points.append((step, score_dir(model_dir, suite)))
             print(f"{name} step {step}: {points[-1][1]:.3f}", flush=True)
-        target = 0.9 * teacher_score
-        reach = next((s for s, acc in points if acc >= target), None)
-        arms[name] = {"points": points, "steps_to_90pct_teacher": reach}
+        arms[name] = {"points": points}
+    report = base / f"s{seed}" / "eval" / "report.json"
+    wait_for(report)
+    teacher_score = json.loads(report.read_text())["models"]["teacher"]["score"]
+    for arm in arms.values():
+        arm["teacher_score"] = teacher_score
+        arm["steps_to_90pct_teacher"] = next((s for s, acc in arm["points"] if acc >= 0.9 * teacher_score), None)
     return arms
 
 
@@ -176,19 +198,18 @@ def mean_sd(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="pipeline runs (none: only the curve, on existing runs)")
     parser.add_argument("--curve-seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--steps", type=int, default=int(os.environ.get("STEPS", 400)))
     parser.add_argument("--curve-every", type=int, default=50)
     parser.add_argument("--base", default="runs/bench-demo")
+    parser.add_argument("--reuse", action="store_true", help="reuse finished runs under --base instead of re-running them")
     parser.add_argument("--out", default=str(ROOT / "bench" / "demo.md"))
     args = parser.parse_args()
     base = ROOT / args.base
 
-    results = [pipeline(seed, base, args.steps) for seed in args.seeds]
-    curves = {seed: curve(seed, base, args.steps, args.curve_every,
-                          next(r["teacher"] for r in results if r["seed"] == seed))
-              for seed in args.curve_seeds}
+    results = [pipeline(seed, base, args.steps, args.reuse) for seed in args.seeds]
+    curves = {seed: curve(seed, base, args.steps, args.curve_every) for seed in args.curve_seeds}
 
     keys = [("pipeline_s", "pipeline wall time, s (scripts/demo.sh, no install)"),
             ("accepted", "accepted synthetic prompts"),
@@ -213,6 +234,8 @@ def main() -> None:
         lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" if isinstance(r[key], float) else str(r[key])
                                                  for v, r in zip(values, results)) + f" | {mean_sd(values)} |")
     lines += ["", "Augmentation rejections per reason: " + "; ".join(f"seed {r['seed']}: {r['rejected']}" for r in results)]
+    if not results:
+        lines = lines[:5]
     for seed, arms in curves.items():
         lines += ["", f"## KD+SFT vs SFT only (seed {seed}, same corpus, {args.steps} steps, checkpoint every {args.curve_every})", "",
                   "| step | " + " | ".join(arms) + " |", "| --- |" + " --- |" * len(arms)]
@@ -230,7 +253,7 @@ def main() -> None:
 
         fig, ax = plt.subplots(figsize=(6, 4))
         for seed, arms in curves.items():
-            teacher = next(r["teacher"] for r in results if r["seed"] == seed)
+            teacher = next(iter(arms.values()))["teacher_score"]
             for name, arm in arms.items():
                 xs, ys = zip(*arm["points"]) if arm["points"] else ((), ())
                 ax.plot(xs, ys, marker="o", label=f"{name} (seed {seed})")
@@ -244,7 +267,7 @@ def main() -> None:
         lines += ["", "![accuracy vs steps](demo_curve.png)"]
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
-    (ROOT / "bench" / "demo.json").write_text(json.dumps({"runs": results, "curves": {str(k): v for k, v in curves.items()}}, indent=1))
+    (Path(args.out).with_suffix(".json")).write_text(json.dumps({"runs": results, "curves": {str(k): v for k, v in curves.items()}}, indent=1))
     print(text)
 
 
