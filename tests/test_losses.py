@@ -195,9 +195,12 @@ class Head(torch.nn.Module):
         return self.proj(h)
 
 
-@pytest.mark.parametrize("mode", ["in_forward", "recompute"])
-@pytest.mark.parametrize("name", ["forward_kl", "jsd", "tvd"])
-@pytest.mark.parametrize("kd_weight", [0.0, 0.5, 1.0])
+CHUNK_CASES = [(name, w, mode) for name in ("forward_kl", "jsd", "tvd") for w in (0.0, 0.5, 1.0)
+               for mode in ("in_forward", "recompute")]
+CHUNK_CASES += [(name, 0.5, "in_forward") for name in ("reverse_kl", "skew_kl", "skew_reverse_kl")]
+
+
+@pytest.mark.parametrize("name,kd_weight,mode", CHUNK_CASES)
 def test_chunked_equals_unchunked(name, kd_weight, mode):
     head = Head().proj
     g = torch.Generator().manual_seed(0)
