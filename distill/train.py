@@ -371,7 +371,7 @@ def _load_tokenizer(source: StudentSource):
 
 
 def _student_config(source: StudentSource, tokenizer):
-    from transformers import AutoConfig, PretrainedConfig
+    from transformers import AutoConfig
 
     if source.config is not None:
         config = dict(source.config)

@@ -110,3 +110,39 @@ class Teacher(Protocol):
     def score(self, requests: Sequence[ScoreRequest], top_k: int) -> Iterator[TeacherOutput]: ...
 
     def close(self) -> None: ...
+
+
+def backend_settings(
+    recipe: dict[str, Any], section: str, settings_cls: type, overrides: dict[str, Any], batch_size_key: str
+) -> Any:
+    """Build a backend's settings dataclass from the recipe's ``section`` block plus overrides.
+
+    ``None`` overrides are ignored; the generic ``batch_size`` (``--batch-size``) maps to the
+    backend's own knob ``batch_size_key``. Unknown keys and invalid values are ConfigErrors naming
+    the recipe file and the known keys.
+    """
+    from dataclasses import fields
+
+    from distill.config import ConfigError
+
+    source = recipe.get("recipe_path", recipe.get("name", "teacher recipe"))
+    block = dict(recipe.get(section) or {})
+    known = {f.name for f in fields(settings_cls)}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        key = batch_size_key if key == "batch_size" else key
+        if key not in known:
+            raise ConfigError(f"{source}: the {section} settings have no '{key}' (known: {', '.join(sorted(known))})")
+        block[key] = value
+    unknown = set(block) - known
+    if unknown:
+        raise ConfigError(f"{source}: unknown {section} key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    if section == "endpoint":
+        if "base_url" not in block:
+            raise ConfigError(f"{source}: the openai backend needs endpoint.base_url (e.g. http://teacher:8000/v1)")
+        block.setdefault("served_model", str(recipe.get("served_model_name", recipe["model"])))
+    try:
+        return settings_cls(**block)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None

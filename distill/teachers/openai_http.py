@@ -27,13 +27,19 @@ import os
 import random
 import ssl
 import threading
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from distill.config import ConfigError
-from distill.teachers.base import GenerationRequest, SamplingParams, ScoreRequest, TeacherOutput
+from distill.teachers.base import (
+    GenerationRequest,
+    SamplingParams,
+    ScoreRequest,
+    TeacherOutput,
+    backend_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -388,26 +394,7 @@ class OpenAITeacher:
         from transformers import AutoTokenizer
 
         source = recipe.get("recipe_path", recipe.get("name", "teacher recipe"))
-        block = dict(recipe.get("endpoint") or {})
-        known = {f.name for f in fields(EndpointConfig)}
-        for key, value in overrides.items():
-            if value is None:
-                continue
-            if key == "batch_size":  # --batch-size: for an endpoint, the requests kept in flight
-                key = "concurrency"
-            if key not in known:
-                raise ConfigError(f"{source}: the openai backend has no setting '{key}' (endpoint keys: {', '.join(sorted(known))})")
-            block[key] = value
-        unknown = set(block) - known
-        if unknown:
-            raise ConfigError(f"{source}: unknown endpoint key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-        if "base_url" not in block:
-            raise ConfigError(f"{source}: the openai backend needs endpoint.base_url (e.g. http://teacher:8000/v1)")
-        block.setdefault("served_model", str(recipe.get("served_model_name", recipe["model"])))
-        try:
-            endpoint = EndpointConfig(**block)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+        endpoint = backend_settings(recipe, "endpoint", EndpointConfig, overrides, batch_size_key="concurrency")
         if endpoint.api_key_env and not os.environ.get(endpoint.api_key_env):
             raise ConfigError(f"{source}: endpoint.api_key_env names ${endpoint.api_key_env}, which is not set")
         tokenizer_source = str(recipe.get("tokenizer", recipe["model"]))

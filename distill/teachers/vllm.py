@@ -25,13 +25,19 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from distill.config import ConfigError
-from distill.teachers.base import GenerationRequest, SamplingParams, ScoreRequest, TeacherOutput
+from distill.teachers.base import (
+    GenerationRequest,
+    SamplingParams,
+    ScoreRequest,
+    TeacherOutput,
+    backend_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -353,24 +359,7 @@ class VLLMTeacher:
         (``None`` values are ignored). The engine itself starts on the first request."""
         from transformers import AutoTokenizer
 
-        source = recipe.get("recipe_path", recipe.get("name", "teacher recipe"))
-        block = dict(recipe.get("vllm") or {})
-        known = {f.name for f in fields(VLLMEngineConfig)}
-        for key, value in overrides.items():
-            if value is None:
-                continue
-            if key == "batch_size":  # --batch-size: requests per engine call
-                key = "chunk_size"
-            if key not in known:
-                raise ConfigError(f"{source}: the vllm backend has no setting '{key}' (vllm keys: {', '.join(sorted(known))})")
-            block[key] = value
-        unknown = set(block) - known
-        if unknown:
-            raise ConfigError(f"{source}: unknown vllm key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-        try:
-            config = VLLMEngineConfig(**block)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+        config = backend_settings(recipe, "vllm", VLLMEngineConfig, overrides, batch_size_key="chunk_size")
         tokenizer_source = str(recipe.get("tokenizer", recipe["model"]))
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, revision=recipe.get("tokenizer_revision"))
         max_context = int(config.max_model_len or recipe.get("max_context") or 32768)
