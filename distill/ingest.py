@@ -223,6 +223,9 @@ def ingest(paths: str | Path | Sequence[str | Path], *, skip_invalid: bool = Fal
             if user_id is not None:
                 seen_ids[user_id] = where
             origin: dict[str, Any] = {"source": "seed", "file": str(path), "where": where}
+            if isinstance(extra.get("origin"), dict):
+                # A prompts.jsonl written by `distill augment` carries its lineage: keep it as is.
+                origin = {**extra.pop("origin"), "file": str(path), "where": where}
             if user_id is not None:
                 origin["seed_id"] = user_id
             if extra:

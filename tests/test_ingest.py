@@ -86,3 +86,13 @@ def test_skip_invalid_counts_per_reason_and_other_errors(tmp_path):
     with pytest.raises(InputError, match=r"bad.csv:3: not valid UTF-8"):
         ingest(tmp_path / "bad.csv")
     assert ingest(tmp_path / "bad.csv", skip_invalid=True).skipped == {"not_utf8": 1}
+
+
+def test_augmented_prompts_keep_their_lineage(tmp_path):
+    """A prompts.jsonl from `distill augment` re-read as seeds keeps source/parents/round."""
+    lineage = {"source": "synthetic", "round": 2, "parents": ["seed-3", "seed-9"]}
+    path = write_jsonl(tmp_path / "prompts.jsonl", [json.dumps({"prompt": "How many?", "origin": lineage})])
+    record = ingest(path).records[0]
+    assert record.origin["source"] == "synthetic" and record.origin["round"] == 2
+    assert record.origin["parents"] == ["seed-3", "seed-9"] and record.origin["where"] == f"{path}:1"
+    assert "fields" not in record.origin
