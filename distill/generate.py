@@ -255,6 +255,8 @@ def run(config: GenerateConfig) -> dict[str, Any]:
     overrides = {"batch_size": config.batch_size} if config.batch_size is not None else {}
     teacher = load_teacher(config.teacher, backend=config.backend, **overrides)
     try:
+        if config.top_k > len(teacher.tokenizer):
+            raise ConfigError(f"--top-k {config.top_k} exceeds the teacher's vocabulary ({len(teacher.tokenizer)} tokens)")
         records, augmentation = prompts_to_answer(config, teacher, seeds.records)
         skipped = Counter(seeds.skipped)
         encoded = _encode_and_check(config, teacher, records, skipped)

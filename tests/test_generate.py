@@ -162,10 +162,11 @@ def bad_cases(tmp_path, teacher):
                      "seeds.jsonl:2: prompt is"),
         "missing_teacher": (['{"prompt": "ok"}'], ["--teacher", str(tmp_path / "no-such-model")], "no-such-model"),
         "top_k_0": (['{"prompt": "ok"}'], ["--top-k", "0"], "--top-k must be >= 1"),
+        "top_k_over_vocab": (['{"prompt": "ok"}'], ["--top-k", "999"], "exceeds the teacher's vocabulary"),
     }
 
 
-@pytest.mark.parametrize("case", ["malformed", "missing", "empty", "wrong_type", "not_utf8", "too_long", "missing_teacher", "top_k_0"])
+@pytest.mark.parametrize("case", ["malformed", "missing", "empty", "wrong_type", "not_utf8", "too_long", "missing_teacher", "top_k_0", "top_k_over_vocab"])
 def test_bad_input_errors_and_writes_nothing(case, tmp_path, tiny_teacher_dir):
     lines, extra, message = bad_cases(tmp_path, tiny_teacher_dir)[case]
     seeds = tmp_path / "seeds.jsonl"
