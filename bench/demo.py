@@ -229,7 +229,7 @@ def main() -> None:
              f"`scripts/demo.sh` per seed, then independent checks (see the script's docstring).", "",
              "| figure | " + " | ".join(f"seed {r['seed']}" for r in results) + " | mean ± sd |",
              "| --- |" + " --- |" * (len(results) + 1)]
-    for key, label in keys:
+    for key, label in keys if results else []:
         values = [float(r[key]) for r in results]
         lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" if isinstance(r[key], float) else str(r[key])
                                                  for v, r in zip(values, results)) + f" | {mean_sd(values)} |")
