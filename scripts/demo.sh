@@ -4,6 +4,7 @@
 #   -> a 2-layer student learns from that corpus (KD + SFT) -> eval against the teacher and
 #   against the same student trained on the 64 labelled seeds alone.
 # Everything lands under $RUN (default runs/demo); the report is $RUN/eval/report.{md,json}.
+# Exit status: 0 when every step ran (the gate's verdict is printed), else the failing step's.
 #
 #   scripts/demo.sh                    # what `make demo` runs
 #   RUN=runs/demo-s1 SEED=1 scripts/demo.sh
@@ -45,4 +46,6 @@ run distill eval --model teacher="$TEACHER" --model student="$RUN/student" --mod
 gate=$?
 set -e
 printf '\ndemo finished in %ss; report: %s/eval/report.md\n' "$SECONDS" "$RUN"
+# Exit 3 is the gate saying the student fell short (shown above): the demo itself still ran.
+if [ "$gate" -eq 3 ]; then exit 0; fi
 exit $gate
