@@ -14,7 +14,7 @@ from typing import Any
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """sha256 (hex) over vocab, merges, added/special tokens and the chat template."""
+    """sha256 (hex) over vocab, merges, added/special tokens, BOS/EOS and the chat template."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     merges: Any = None
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -29,7 +29,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         "vocab": vocab,
         "merges": merges,
         "added": added,
-        "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+        # Only the roles that shape sequences: tokenizer classes add defaults for the others (a
+        # Qwen2Tokenizer invents an unk_token that the same files loaded generically lack).
+        "special": {role: str(getattr(tokenizer, role, None)) for role in ("bos_token", "eos_token")},
         "chat_template": getattr(tokenizer, "chat_template", None),
     }
     blob = json.dumps(payload, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")

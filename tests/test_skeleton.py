@@ -29,3 +29,25 @@ def test_tiny_fixtures(tiny_teacher_dir, tiny_student_dir):
     ids = encode_prompt(teacher_tok, [{"role": "user", "content": "What is 2 + 2?"}])
     assert ids[0] == teacher_tok.convert_tokens_to_ids("<|im_start|>")
     assert teacher_tok.decode(ids).endswith("<|im_start|>assistant\n")
+
+
+def test_fingerprint_ignores_tokenizer_class_defaults(tmp_path):
+    """The same tokenizer files loaded as Qwen2Tokenizer (beside a config.json) or generically
+    have one fingerprint; a changed chat template or vocab does not."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from tests.tiny import make_model_dir
+
+    model_dir = make_model_dir(tmp_path / "model")
+    tok_only = tmp_path / "tok"
+    tok_only.mkdir()
+    for path in model_dir.iterdir():
+        if path.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+            shutil.copy(path, tok_only / path.name)
+    with_config = AutoTokenizer.from_pretrained(model_dir)
+    plain = AutoTokenizer.from_pretrained(tok_only)
+    assert tokenizer_fingerprint(with_config) == tokenizer_fingerprint(plain)
+    plain.chat_template = plain.chat_template + " "
+    assert tokenizer_fingerprint(with_config) != tokenizer_fingerprint(plain)
