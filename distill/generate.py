@@ -136,11 +136,14 @@ def prompts_to_answer(config: GenerateConfig, teacher: Any, seeds: list[Any]) ->
         return list(seeds), None
     from pathlib import Path
 
-    from distill.augment import augment_config_for, augment_prompts, summary_lines
+    from distill.augment import augment_config_for, augment_prompts, summary_lines, write_outputs
     from distill.teachers import teacher_recipe
 
     augment = augment_config_for(config)
-    result = augment_prompts(teacher, seeds, augment, recipe=teacher_recipe(config.teacher), work_dir=Path(config.out) / "augment")
+    work_dir = Path(config.out) / "augment"
+    result = augment_prompts(teacher, seeds, augment, recipe=teacher_recipe(config.teacher), work_dir=work_dir)
+    # The same files `distill augment` leaves, so the prompts can be read before the responses.
+    write_outputs(work_dir, result, {"teacher": teacher.fingerprint(), "seeds_file": str(config.prompts)})
     for line in summary_lines(result.stats):
         print(line, file=sys.stderr)
     return list(seeds) + result.records, result.stats

@@ -83,6 +83,10 @@ def test_generate_augment_then_inspect(tmp_path, tiny_teacher_dir, monkeypatch):
     origins = [row.origin for row in open_corpus(out).iter_rows()]
     synthetic = [o for o in origins if o.get("source") == "synthetic"]
     assert len(synthetic) == 10 and all(o["round"] >= 1 and len(o["parents"]) == 2 for o in synthetic)
+    # ... and the accepted prompts can be read before (or without) the responses, as with `distill augment`.
+    written = [json.loads(line) for line in (out / "augment" / "prompts.jsonl").read_text().splitlines()]
+    assert len(written) == 10 and all(w["origin"]["source"] == "synthetic" for w in written)
+    assert json.loads((out / "augment" / "augment.json").read_text())["augmentation"]["accepted"] == 10
 
     # The same command again: augmentation resumes from its rounds (no new prompts written), corpus complete.
     again = CliRunner().invoke(main, args)
