@@ -42,6 +42,8 @@ from distill.config import ConfigError, field, load_config, read_yaml
 SCHEDULES = ("cosine", "linear", "constant")
 TRACKERS = ("none", "tensorboard", "mlflow")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# attention implementations that keep packed rows apart given restarting position_ids and no mask
+PACKING_ATTN = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
 STUDENT_KEYS = {"model", "config", "tokenizer", "lora", "deepspeed", "train", "description", "attn_implementation"}
 
 
@@ -68,10 +70,13 @@ class TrainConfig:
     min_lr_ratio: float = field(0.0, help="final learning rate as a fraction of --lr")
     max_steps: int | None = field(None, help="optimizer steps (overrides --epochs)")
     epochs: int = field(1, help="passes over the corpus when --max-steps is not given")
-    tokens_per_batch: int | None = field(4096, help="padded tokens per micro-batch (length-grouped)")
+    tokens_per_batch: int | None = field(4096, help="padded tokens per micro-batch (length-grouped); with --packing, "
+                                         "tokens_per_batch // max_seq_len packed sequences")
     batch_size: int | None = field(None, help="rows per micro-batch (instead of --tokens-per-batch)")
     grad_accum: int = field(1, help="micro-batches per optimizer step and rank")
     max_seq_len: int = field(2048, help="prompt + response tokens kept per row (response truncated)")
+    packing: bool = field(False, help="pack whole rows into sequences of <= max_seq_len tokens (position_ids restart per "
+                                      "row, no padding); needs sdpa, eager, flex_attention or flash_attention_2/3")
     gradient_checkpointing: bool = field(False, help="recompute decoder activations in backward")
     max_grad_norm: float = field(1.0, help="gradient clipping norm (0 disables)")
     seed: int = field(0, help="seed for init, data order and held-out rows")
@@ -136,6 +141,10 @@ class TrainConfig:
             bad("tracker", f"choose one of {', '.join(TRACKERS)}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             bad("min-lr-ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        if self.packing and self.attn_implementation not in PACKING_ATTN:
+            bad("packing", f"attention implementation {self.attn_implementation!r} would let packed rows attend to each "
+                           f"other; set attn_implementation (student recipe or --config) to one of {', '.join(PACKING_ATTN)}, "
+                           "or train with --no-packing")
 
 
 # ----------------------------------------------------------------------------- student recipes
@@ -333,24 +342,30 @@ def _student_with_loss_cls():
     class StudentWithLoss(torch.nn.Module):
         """Wraps the HF (or PEFT) model so the engine's forward returns loss sums, never logits.
 
-        The decoder runs on the whole padded batch; only response positions are gathered and sent
+        The decoder runs on the whole padded (or packed) batch; only response positions are gathered and sent
         through the LM head, chunk by chunk (``chunked_head_loss``). Going through the wrapped
         modules keeps ZeRO-3's gather/release hooks firing for every parameter.
         """
 
-        def __init__(self, model, loss_options: dict[str, Any], chunk_size: int | None):
+        def __init__(self, model, loss_options: dict[str, Any], chunk_size: int | None, flatten_packed: bool = False):
             super().__init__()
             self.model = model
             self.loss_options = loss_options
             self.chunk_size = chunk_size
+            # flash attention finds packed rows (cu_seqlens) only in a batch of one sequence
+            self.flatten_packed = flatten_packed
 
         def base(self):
             return self.model.get_base_model() if hasattr(self.model, "peft_config") else self.model
 
-        def forward(self, input_ids, attention_mask, positions, targets, topk_ids=None, topk_logprobs=None,
-                    kd_weight: float = 0.0, evaluation: bool = False):
+        def forward(self, input_ids, positions, targets, attention_mask=None, position_ids=None, topk_ids=None,
+                    topk_logprobs=None, kd_weight: float = 0.0, evaluation: bool = False):
             base = self.base()
-            hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            if position_ids is not None and self.flatten_packed:
+                # [S, L] -> [1, S*L]: every row still starts at position 0, and flat positions are unchanged
+                input_ids, position_ids = input_ids.reshape(1, -1), position_ids.reshape(1, -1)
+            hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                        use_cache=False).last_hidden_state
             hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
             options = {"divergence_name": "forward_kl", "temperature": 1.0} if evaluation else self.loss_options
             return chunked_head_loss(
@@ -359,6 +374,23 @@ def _student_with_loss_cls():
             )
 
     return StudentWithLoss
+
+
+def check_packing_support(attn: str) -> None:
+    """--packing relies on transformers turning restarting position_ids (and no attention mask)
+    into per-row attention; fail before step 1 where the installed release cannot."""
+    import transformers
+
+    try:
+        if attn.startswith("flash_attention"):
+            from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids  # noqa: F401
+        else:
+            from transformers.masking_utils import find_packed_sequence_indices  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            f"--packing: transformers {transformers.__version__} cannot keep packed rows apart with {attn} attention "
+            "(no packed-sequence support from position_ids); upgrade transformers (>= 4.56) or train with --no-packing"
+        ) from None
 
 
 def _load_tokenizer(source: StudentSource):
@@ -450,6 +482,8 @@ def run(config: TrainConfig) -> dict[str, Any]:
     vocab_size = int(model_config.vocab_size)
     if vocab_size < len(tokenizer):
         raise ConfigError(f"--student {source.origin}: vocab_size {vocab_size} < tokenizer length {len(tokenizer)}")
+    if config.packing:
+        check_packing_support(config.attn_implementation)
     kd_weight = config.kd_weight
     if corpus.black_box and kd_weight > 0:
         say(f"note: corpus {config.corpus[0]} is black-box (no teacher log-probs, top_k=0): "
@@ -521,6 +555,7 @@ def _train(config, accelerator, corpus, tokenizer, source, model_config, kd_weig
     spec = train_data.BatchSpec(
         max_seq_len=config.max_seq_len, tokens_per_batch=None if config.batch_size else config.tokens_per_batch,
         batch_size=config.batch_size, grad_accum=config.grad_accum, world_size=world, seed=config.seed,
+        packing=config.packing,
     )
     lengths = corpus.lengths()
     eval_rows = config.eval_rows or (64 if config.eval_every else 0)  # --eval-every alone: 64 rows
@@ -561,12 +596,18 @@ def _train(config, accelerator, corpus, tokenizer, source, model_config, kd_weig
             raise ConfigError(f"--lora-targets {','.join(config.lora_targets)}: {exc}") from None
     loss_options = {"divergence_name": config.divergence, "temperature": config.kd_temperature,
                     "beta": config.jsd_beta, "alpha": config.skew_alpha}
-    wrapper = _student_with_loss_cls()(model, loss_options, config.chunk_size)
+    wrapper = _student_with_loss_cls()(model, loss_options, config.chunk_size,
+                                       flatten_packed=config.attn_implementation.startswith("flash_attention"))
     params = [p for p in wrapper.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
     # ---- OUT: everything above passed; from here on we write
     resume_from = complete_checkpoints(out)[-1] if config.resume and complete_checkpoints(out) else None
+    if resume_from is not None:
+        saved_packing = json.loads((resume_from / "trainer_state.json").read_text()).get("packing", False)
+        if saved_packing != config.packing:  # the data position only means something in the same plan
+            raise ConfigError(f"--resume: {resume_from} was trained with{'' if saved_packing else 'out'} --packing; "
+                              f"resume with {'--packing' if saved_packing else '--no-packing'}")
     if is_main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         _atomic_write(out / "train_config.json", json.dumps(dataclasses.asdict(config), indent=2))
@@ -605,7 +646,8 @@ def _train(config, accelerator, corpus, tokenizer, source, model_config, kd_weig
         eval_batches = [train_data.collate(rows[i:i + per], **collate_kwargs) for i in range(0, len(rows), per)]
 
     def to_device(batch):
-        return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items() if k != "num_tokens"}
+        return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()
+                if k not in ("num_tokens", "num_input_tokens")}
 
     def reduce_sum(values: list[float]) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -645,7 +687,7 @@ def _train(config, accelerator, corpus, tokenizer, source, model_config, kd_weig
         accelerator.wait_for_everyone()
         if is_main:
             state = {"global_step": step, "epoch": cur_epoch, "step_in_epoch": cur_step_in_epoch + 1,
-                     "total_steps": total_steps, "student_tokenizer_fingerprint": student_fp}
+                     "total_steps": total_steps, "student_tokenizer_fingerprint": student_fp, "packing": config.packing}
             if state["step_in_epoch"] >= steps_for_epoch(cur_epoch):
                 state["epoch"], state["step_in_epoch"] = cur_epoch + 1, 0
             _atomic_write(tmp / "trainer_state.json", json.dumps(state, indent=2))
@@ -688,8 +730,9 @@ def _train(config, accelerator, corpus, tokenizer, source, model_config, kd_weig
         for group in optimizer.param_groups:
             group["lr"] = lr
         local_tokens = sum(m["num_tokens"] for m in micro)
-        local_inputs = sum(int(m["attention_mask"].sum()) for m in micro)
-        global_tokens, global_inputs = reduce_sum([local_tokens, local_inputs])
+        local_inputs = sum(m["num_input_tokens"] for m in micro)
+        local_slots = sum(m["input_ids"].numel() for m in micro)
+        global_tokens, global_inputs, global_slots = reduce_sum([local_tokens, local_inputs, local_slots])
         scale = scale_factor / max(global_tokens, 1.0)
         kd_sum = ce_sum = total_sum = 0.0
         for batch in micro:
@@ -709,7 +752,7 @@ def _train(config, accelerator, corpus, tokenizer, source, model_config, kd_weig
         n = max(global_tokens, 1.0)
         last = {"step": step, "epoch": cur_epoch, "loss": total_sum / n, "kd": kd_sum / n, "ce": ce_sum / n,
                 "lr": lr, "response_tokens": int(global_tokens), "tokens_per_s": global_inputs / elapsed,
-                "step_time_s": elapsed}
+                "padding_share": 1.0 - global_inputs / max(global_slots, 1.0), "step_time_s": elapsed}
         log_metrics(last)
         bar.update(1)
         bar.set_postfix(loss=f"{last['loss']:.4f}", kd=f"{last['kd']:.4f}", ce=f"{last['ce']:.4f}",

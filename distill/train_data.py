@@ -9,6 +9,14 @@ group through a small cache, so memory stays bounded by a few row groups whateve
 
 A micro-batch holds whole rows, right-padded. Only response positions reach the LM head: the
 input is ``prompt + response[:-1]`` and position ``P - 1 + j`` predicts response token ``j``.
+
+Packing (``BatchSpec.packing``): inside a window, rows are packed first-fit-decreasing into
+sequences of at most ``max_seq_len`` tokens, and a micro-batch takes ``pack_rows`` such sequences
+(``tokens_per_batch // max_seq_len``, or ``batch_size``). ``position_ids`` restart at 0 at every
+row and there is no attention mask: transformers then builds a block-diagonal causal mask
+(sdpa/eager/flex) or variable-length flash-attention calls, so rows never attend to each other.
+The short tail that evens out a micro-batch's sequences is its own position run, never read by
+the loss. Flat ``positions`` index the micro-batch the same way in both layouts.
 """
 
 from __future__ import annotations
@@ -32,10 +40,16 @@ class BatchSpec:
     grad_accum: int
     world_size: int
     seed: int
+    packing: bool = False  # several rows per sequence, position_ids restarting per row
 
     @property
     def micro_per_step(self) -> int:
         return self.grad_accum * self.world_size
+
+    @property
+    def pack_rows(self) -> int:
+        """Packed sequences (of <= max_seq_len tokens) per micro-batch."""
+        return self.batch_size if self.batch_size is not None else max(1, self.tokens_per_batch // self.max_seq_len)
 
 
 def effective_lengths(lengths: np.ndarray, max_seq_len: int) -> np.ndarray:
@@ -65,13 +79,33 @@ def holdout_rows(row_group_offsets: list[int], num_rows: int, num_eval: int, see
     return np.sort(np.concatenate(picked))
 
 
+def first_fit_decreasing(sizes: np.ndarray, capacity: int) -> list[np.ndarray]:
+    """Indices into ``sizes`` grouped into bins whose sizes sum to <= capacity (every size must
+    fit). Longest first, each into the first bin with room: bins come out nearly full."""
+    order = np.argsort(-sizes, kind="stable")
+    free = np.zeros(len(sizes), dtype=np.int64)
+    members: list[list[int]] = []
+    for i in order:
+        size = int(sizes[i])
+        fits = free[:len(members)] >= size
+        b = int(np.argmax(fits)) if len(members) and fits.any() else len(members)
+        if b == len(members):
+            members.append([])
+            free[b] = capacity
+        members[b].append(int(i))
+        free[b] -= size
+    return [np.asarray(m, dtype=np.int64) for m in members]
+
+
 def plan_epoch(
     lengths: np.ndarray, row_group_offsets: list[int], spec: BatchSpec, epoch: int, exclude: np.ndarray | None = None
-) -> list[np.ndarray]:
-    """Micro-batches (arrays of global row indices) for one epoch, cut to whole optimizer steps.
+) -> list:
+    """Micro-batches for one epoch, cut to whole optimizer steps.
 
-    Windows of WINDOW_GROUPS shuffled row groups; inside a window, rows shuffled then sorted by
-    length (length grouping), cut under the token budget, and the window's batches shuffled.
+    Padded: each micro-batch is an array of global row indices. Windows of WINDOW_GROUPS shuffled
+    row groups; inside a window, rows shuffled then sorted by length (length grouping), cut under
+    the token budget, and the window's batches shuffled. Packed: each micro-batch is a tuple of
+    ``pack_rows`` sequences (arrays of global row indices), from the same shuffled windows.
     """
     num_rows = len(lengths)
     eff = effective_lengths(lengths, spec.max_seq_len)
@@ -86,6 +120,14 @@ def plan_epoch(
         rows = np.concatenate([np.arange(bounds[g], bounds[g + 1]) for g in group_order[w:w + WINDOW_GROUPS]])
         rows = rows[usable[rows]]
         rows = rows[rng.permutation(len(rows))]
+        if spec.packing:
+            sequences = [rows[b] for b in first_fit_decreasing(eff[rows], spec.max_seq_len)]
+            # sequences of similar fill share a micro-batch: its width is the fullest one's
+            sequences.sort(key=lambda seq: int(eff[seq].sum()))
+            k = spec.pack_rows
+            window_packed = [tuple(sequences[i:i + k]) for i in range(0, len(sequences), k)]
+            batches.extend(window_packed[i] for i in rng.permutation(len(window_packed)))
+            continue
         rows = rows[np.argsort(eff[rows], kind="stable")]
         window: list[np.ndarray] = []
         start = 0
@@ -104,11 +146,11 @@ def plan_epoch(
     return batches[:usable_count]
 
 
-def steps_in(plan: list[np.ndarray], spec: BatchSpec) -> int:
+def steps_in(plan: list, spec: BatchSpec) -> int:
     return len(plan) // spec.micro_per_step
 
 
-def rank_micro_batches(plan: list[np.ndarray], spec: BatchSpec, step: int, rank: int) -> list[np.ndarray]:
+def rank_micro_batches(plan: list, spec: BatchSpec, step: int, rank: int) -> list:
     """This rank's ``grad_accum`` micro-batches of optimizer step ``step`` (0-based, in the epoch)."""
     base = step * spec.micro_per_step + rank * spec.grad_accum
     return plan[base:base + spec.grad_accum]
@@ -147,16 +189,9 @@ class RowReader:
         return rows[index - int(self.offsets[group])]
 
 
-def collate(rows: list, *, max_seq_len: int, pad_id: int, top_k: int, stats: VocabStats, log=print) -> dict[str, Any]:
-    """CorpusRows -> tensors for one micro-batch.
-
-    Returns input_ids/attention_mask [B, L]; positions [N] (flat indices into B*L of the response
-    positions); targets [N]; topk_ids [N, k] int64 and topk_logprobs [N, k] float32 (None for a
-    black-box corpus); num_tokens N. Teacher ids >= the student vocabulary are kept and become
-    absent bins in the loss (their mass joins the tail); they are counted here.
-    """
-    import torch
-
+def _trainable(rows: list, max_seq_len: int, stats: VocabStats, log) -> list:
+    """Drop (and count) rows that cannot train: ids outside the student vocabulary, or a prompt
+    longer than max_seq_len."""
     kept = []
     for row in rows:
         ids = np.concatenate([row.prompt_ids, row.response_ids])
@@ -171,34 +206,28 @@ def collate(rows: list, *, max_seq_len: int, pad_id: int, top_k: int, stats: Voc
             stats.long_prompts += 1
             continue
         kept.append(row)
-    width = 0
-    spans = []
-    for row in kept:
-        p = len(row.prompt_ids)
-        t = min(len(row.response_ids), max_seq_len - p + 1)
-        spans.append((p, t))
-        width = max(width, p + t - 1)
-    input_ids = np.full((len(kept), max(width, 1)), pad_id, dtype=np.int64)
-    attention = np.zeros_like(input_ids)
-    positions, targets, tk_ids, tk_lps = [], [], [], []
-    for b, (row, (p, t)) in enumerate(zip(kept, spans)):
-        seq = np.concatenate([row.prompt_ids, row.response_ids[: t - 1]])
-        input_ids[b, : len(seq)] = seq
-        attention[b, : len(seq)] = 1
-        positions.append(b * input_ids.shape[1] + np.arange(p - 1, p - 1 + t))
-        targets.append(row.response_ids[:t])
-        if top_k:
-            tk_ids.append(row.topk_ids[:t])
-            tk_lps.append(row.topk_logprobs[:t])
+    return kept
+
+
+def _span(row, max_seq_len: int) -> tuple[int, int]:
+    """(prompt length, response tokens trained): the input is prompt + response[:t-1]."""
+    p = len(row.prompt_ids)
+    return p, min(len(row.response_ids), max_seq_len - p + 1)
+
+
+def _targets_and_teacher(kept: list, spans: list, positions: list, top_k: int, stats: VocabStats, log) -> dict[str, Any]:
+    import torch
+
+    targets = [row.response_ids[:t] for row, (_, t) in zip(kept, spans)]
     batch: dict[str, Any] = {
-        "input_ids": torch.from_numpy(input_ids),
-        "attention_mask": torch.from_numpy(attention),
         "positions": torch.from_numpy(np.concatenate(positions).astype(np.int64) if positions else np.zeros(0, np.int64)),
         "targets": torch.from_numpy(np.concatenate(targets).astype(np.int64) if targets else np.zeros(0, np.int64)),
         "topk_ids": None,
         "topk_logprobs": None,
     }
     if top_k:
+        tk_ids = [row.topk_ids[:t] for row, (_, t) in zip(kept, spans)]
+        tk_lps = [row.topk_logprobs[:t] for row, (_, t) in zip(kept, spans)]
         ids = np.concatenate(tk_ids).astype(np.int64) if tk_ids else np.zeros((0, top_k), np.int64)
         oov = int((ids >= stats.vocab_size).sum())
         if oov:
@@ -211,6 +240,72 @@ def collate(rows: list, *, max_seq_len: int, pad_id: int, top_k: int, stats: Voc
         batch["topk_logprobs"] = torch.from_numpy(
             np.concatenate(tk_lps).astype(np.float32) if tk_lps else np.zeros((0, top_k), np.float32))
     batch["num_tokens"] = int(batch["targets"].numel())
+    return batch
+
+
+def collate(rows: list, *, max_seq_len: int, pad_id: int, top_k: int, stats: VocabStats, log=print) -> dict[str, Any]:
+    """CorpusRows -> tensors for one padded micro-batch.
+
+    Returns input_ids/attention_mask [B, L]; position_ids None (the model counts from 0);
+    positions [N] (flat indices into B*L of the response positions); targets [N]; topk_ids [N, k]
+    int64 and topk_logprobs [N, k] float32 (None for a black-box corpus); num_tokens N;
+    num_input_tokens (non-pad inputs). Teacher ids >= the student vocabulary are kept and become
+    absent bins in the loss (their mass joins the tail); they are counted here.
+    """
+    import torch
+
+    kept = _trainable(rows, max_seq_len, stats, log)
+    spans = [_span(row, max_seq_len) for row in kept]
+    width = max([p + t - 1 for p, t in spans], default=0)
+    input_ids = np.full((len(kept), max(width, 1)), pad_id, dtype=np.int64)
+    attention = np.zeros_like(input_ids)
+    positions = []
+    for b, (row, (p, t)) in enumerate(zip(kept, spans)):
+        seq = np.concatenate([row.prompt_ids, row.response_ids[: t - 1]])
+        input_ids[b, : len(seq)] = seq
+        attention[b, : len(seq)] = 1
+        positions.append(b * input_ids.shape[1] + np.arange(p - 1, p - 1 + t))
+    batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention),
+             "position_ids": None, **_targets_and_teacher(kept, spans, positions, top_k, stats, log)}
+    batch["num_input_tokens"] = int(attention.sum())
+    return batch
+
+
+def collate_packed(sequences: list[list], *, max_seq_len: int, pad_id: int, top_k: int, stats: VocabStats,
+                   log=print) -> dict[str, Any]:
+    """Packed sequences (each a list of CorpusRows whose inputs fit max_seq_len) -> tensors.
+
+    Returns input_ids/position_ids [S, L] with position_ids restarting at 0 at every row;
+    attention_mask None (so transformers keeps the rows apart); the short pad tail that evens the
+    sequences out is one more position run starting at 0. The other keys are as in ``collate``,
+    the rows' targets in sequence order.
+    """
+    import torch
+
+    layout = []
+    for sequence in sequences:
+        kept = _trainable(sequence, max_seq_len, stats, log)
+        layout.append((kept, [_span(row, max_seq_len) for row in kept]))
+    width = max([sum(p + t - 1 for p, t in spans) for _, spans in layout], default=0)
+    input_ids = np.full((len(layout), max(width, 1)), pad_id, dtype=np.int64)
+    position_ids = np.zeros_like(input_ids)
+    all_kept, all_spans, positions = [], [], []
+    for s, (kept, spans) in enumerate(layout):
+        start = 0
+        for row, (p, t) in zip(kept, spans):
+            n = p + t - 1
+            input_ids[s, start:start + n] = np.concatenate([row.prompt_ids, row.response_ids[: t - 1]])
+            position_ids[s, start:start + n] = np.arange(n)
+            positions.append(s * input_ids.shape[1] + start + np.arange(p - 1, p - 1 + t))
+            start += n
+        assert start <= max_seq_len, (start, max_seq_len)
+        position_ids[s, start:] = np.arange(input_ids.shape[1] - start)
+        all_kept.extend(kept)
+        all_spans.extend(spans)
+    batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": None,
+             "position_ids": torch.from_numpy(position_ids),
+             **_targets_and_teacher(all_kept, all_spans, positions, top_k, stats, log)}
+    batch["num_input_tokens"] = sum(p + t - 1 for p, t in all_spans)
     return batch
 
 
@@ -231,8 +326,12 @@ def iter_steps(
         if total == 0:
             return
         while step < total:
-            micro = [collate([reader.row(int(i)) for i in batch], **collate_kwargs)
-                     for batch in rank_micro_batches(plan, spec, step, rank)]
+            if spec.packing:
+                micro = [collate_packed([[reader.row(int(i)) for i in seq] for seq in batch], **collate_kwargs)
+                         for batch in rank_micro_batches(plan, spec, step, rank)]
+            else:
+                micro = [collate([reader.row(int(i)) for i in batch], **collate_kwargs)
+                         for batch in rank_micro_batches(plan, spec, step, rank)]
             yield epoch, step, micro
             step += 1
         epoch += 1
