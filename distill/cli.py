@@ -172,7 +172,7 @@ def train_command(ctx: click.Context, config_path: str | None, **params: Any) ->
 @main.command("generate")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML file of GenerateConfig keys")
 @click.option("--teacher", help="teacher recipe name, recipe YAML, or local HF model directory")
-@click.option("--prompts", help="seed prompts: .jsonl, .csv, .parquet, or a datasets.save_to_disk folder")
+@click.option("--prompts", multiple=True, help="seed prompts: .jsonl, .csv, .parquet, or a datasets.save_to_disk folder (repeatable: read as one set)")
 @click.option("--out", help="corpus output directory (resumable)")
 @click.option("--backend", type=click.Choice(["hf", "vllm", "openai"]), help="teacher backend  [default: the recipe's]")
 @click.option("--top-k", type=int, help="teacher log-probs stored per response token  [default: 20]")
@@ -200,8 +200,11 @@ def generate_command(ctx: click.Context, config_path: str | None, **params: Any)
     from distill.generate import GenerateConfig, run
 
     overrides = given(ctx, **params)
-    if not overrides.get("stop"):
-        overrides.pop("stop", None)
+    for repeatable in ("stop", "prompts"):
+        if not overrides.get(repeatable):
+            overrides.pop(repeatable, None)
+    if "prompts" in overrides:
+        overrides["prompts"] = overrides["prompts"][0] if len(overrides["prompts"]) == 1 else overrides["prompts"]
     try:
         run(load_config(GenerateConfig, config_path, overrides))
     except CorpusError as exc:

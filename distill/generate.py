@@ -47,7 +47,8 @@ class GenerateConfig:
     """Config of ``distill generate`` (YAML keys = these names; flags override)."""
 
     teacher: str = field("", help="teacher recipe name, recipe YAML, or local HF model directory")
-    prompts: str = field("", help="seed prompts: .jsonl, .csv, .parquet, or a datasets.save_to_disk folder")
+    prompts: str | tuple[str, ...] = field("", help="seed prompts: .jsonl, .csv, .parquet, or a datasets.save_to_disk "
+                                           "folder; a list reads several as one set")
     out: str = field("", help="corpus output directory (resumable; shared by --shard workers)")
     backend: str | None = field(None, help="teacher backend: hf, vllm or openai (default: the recipe's)")
     top_k: int = field(20, help="teacher log-probs stored per response token (>= 1)")
@@ -125,6 +126,11 @@ def row_seed(base_seed: int, rid: str) -> int:
     return int(hashlib.sha256(f"{base_seed}:{rid}".encode()).hexdigest()[:15], 16)
 
 
+def prompt_files(config: GenerateConfig) -> str:
+    """--prompts as one string for messages and metadata (several files comma-separated)."""
+    return config.prompts if isinstance(config.prompts, str) else ", ".join(config.prompts)
+
+
 def prompts_to_answer(config: GenerateConfig, teacher: Any, seeds: list[Any]) -> tuple[list[Any], dict[str, Any] | None]:
     """THE list of prompts the teacher answers, in a deterministic order, and the augmentation
     stats (None without --augment).
@@ -143,7 +149,7 @@ def prompts_to_answer(config: GenerateConfig, teacher: Any, seeds: list[Any]) ->
     work_dir = Path(config.out) / "augment"
     result = augment_prompts(teacher, seeds, augment, recipe=teacher_recipe(config.teacher), work_dir=work_dir)
     # The same files `distill augment` leaves, so the prompts can be read before the responses.
-    write_outputs(work_dir, result, {"teacher": teacher.fingerprint(), "seeds_file": str(config.prompts)})
+    write_outputs(work_dir, result, {"teacher": teacher.fingerprint(), "seeds_file": prompt_files(config)})
     for line in summary_lines(result.stats):
         print(line, file=sys.stderr)
     return list(seeds) + result.records, result.stats
@@ -180,7 +186,7 @@ def _encode_and_check(config: GenerateConfig, teacher: Any, records: list[Any], 
         if not config.skip_invalid:
             raise_errors(errors, {"prompt_too_long": len(errors)})
     if not encoded:
-        raise ConfigError(f"--prompts: {config.prompts}: no prompt fits the teacher's context")
+        raise ConfigError(f"--prompts: {prompt_files(config)}: no prompt fits the teacher's context")
     return encoded
 
 

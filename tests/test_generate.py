@@ -193,3 +193,17 @@ def test_skip_invalid_counts_reasons_in_manifest(tmp_path, tiny_teacher_dir):
     assert manifest["ingest"]["skipped"] == {"empty_prompt": 1, "malformed_json": 1, "prompt_too_long": 1, "wrong_type": 1}
     assert manifest["ingest"]["duplicates"] == 1 and manifest["rows"] == 2
     assert sorted(r.prompt_text for r in open_corpus(out).iter_rows()) == ["ok one", "ok two"]
+
+
+def test_repeated_prompts_flag_reads_every_file_as_one_set(tmp_path, tiny_teacher_dir):
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text('{"prompt": "alpha one"}\n{"prompt": "beta two"}\n')
+    second.write_text('{"prompt": "gamma three"}\n{"prompt": "ALPHA   one"}\n')  # a duplicate of a.jsonl's first
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["generate", "--teacher", str(tiny_teacher_dir), "--prompts", str(first),
+                                       "--prompts", str(second), "--out", str(out), "--max-new-tokens", "3",
+                                       "--top-k", "3", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["ingest"]["files"] == [str(first), str(second)] and manifest["ingest"]["duplicates"] == 1
+    assert sorted(r.prompt_text for r in open_corpus(out).iter_rows()) == ["alpha one", "beta two", "gamma three"]
