@@ -285,6 +285,25 @@ def deepspeed_config(spec: str, *, grad_accum: int, max_grad_norm: float, bf16: 
     return ds
 
 
+def launcher_deepspeed(environ: dict[str, str]) -> str | None:
+    """The --deepspeed value that ``accelerate launch --use_deepspeed`` asked for through its
+    environment (``--deepspeed_config_file`` or ``--zero_stage``), or None when it did not.
+
+    The trainer builds DeepSpeed itself (token-budgeted micro-batches, our "auto" values), so the
+    launcher's choice is turned into --deepspeed rather than left to accelerate's own plugin.
+    """
+    if environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return None
+    path = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+    if path and path != "none":
+        return path
+    stage = environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")
+    if stage in ("2", "3"):
+        return f"zero{stage}"
+    raise ConfigError(f"accelerate launch --use_deepspeed: ZeRO stage {stage or '(not given)'} has no shipped config; "
+                      "pass --zero_stage 2|3 or --deepspeed_config_file PATH to the launcher, or --deepspeed zero2|zero3|PATH")
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -323,6 +342,14 @@ def _open_tracker(kind: str, out: Path, config: dict[str, Any]):
             import mlflow
         except ImportError:
             raise ConfigError("--tracker mlflow: install it with `pip install distill[mlflow]`") from None
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            # No server named: keep the run next to the model in a local file store (mlflow's own
+            # default, sqlite in the working directory, needs the full mlflow package and is not OUT).
+            # mlflow >= 3 refuses a file store unless this opt-in is set.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            uri = (out / "mlruns").resolve().as_uri()
+        mlflow.set_tracking_uri(uri)
         mlflow.start_run(run_name=out.name)
         mlflow.log_params({k: str(v)[:250] for k, v in config.items()})
 
@@ -453,6 +480,9 @@ def run(config: TrainConfig) -> dict[str, Any]:
             print(msg, file=sys.stderr, flush=True)
 
     # ---- checks that need no model: nothing is written before they pass
+    if config.deepspeed is None and launcher_deepspeed(os.environ):
+        config = dataclasses.replace(config, deepspeed=launcher_deepspeed(os.environ))
+        say(f"DeepSpeed from accelerate launch --use_deepspeed: --deepspeed {config.deepspeed}")
     if out.exists() and not config.resume and (complete_checkpoints(out) or (out / "final").exists()
                                                or (out / "metrics.jsonl").exists()):
         raise ConfigError(f"--out {out}: already holds a training run; pass --resume to continue it or choose a new --out")

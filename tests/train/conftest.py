@@ -147,10 +147,13 @@ def train_args(student, corpus, out, **extra):
 
 
 def run_cli(args, *, launcher=None, nproc=1, env_extra=None, timeout=240, check=True):
-    """Run `python -m distill ...` in a subprocess (under torchrun with nproc > 1)."""
+    """Run `python -m distill ...` in a subprocess: under torchrun with nproc > 1, or under
+    ``launcher`` (the command line up to and including ``-m distill``)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
            "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), **(env_extra or {})}
-    if nproc > 1:
+    if launcher is not None:
+        cmd = [*launcher, *args]
+    elif nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                "--master_port", str(29500 + os.getpid() % 1000), "-m", "distill", *args]
     else:
