@@ -416,7 +416,7 @@ def check_packing_support(attn: str) -> None:
     except ImportError:
         raise ConfigError(
             f"--packing: transformers {transformers.__version__} cannot keep packed rows apart with {attn} attention "
-            "(no packed-sequence support from position_ids); upgrade transformers (>= 4.56) or train with --no-packing"
+            "(no packed-sequence support from position_ids); upgrade transformers (5.x has it) or train with --no-packing"
         ) from None
 
 
