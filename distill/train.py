@@ -297,10 +297,10 @@ def launcher_deepspeed(environ: dict[str, str]) -> str | None:
     path = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
     if path and path != "none":
         return path
-    stage = environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")
+    stage = environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or "2"  # accelerate's own default stage
     if stage in ("2", "3"):
         return f"zero{stage}"
-    raise ConfigError(f"accelerate launch --use_deepspeed: ZeRO stage {stage or '(not given)'} has no shipped config; "
+    raise ConfigError(f"accelerate launch --use_deepspeed: ZeRO stage {stage} has no shipped config; "
                       "pass --zero_stage 2|3 or --deepspeed_config_file PATH to the launcher, or --deepspeed zero2|zero3|PATH")
 
 
@@ -542,6 +542,8 @@ def run(config: TrainConfig) -> dict[str, Any]:
         os.environ.update(rendezvous)
     else:
         rendezvous = {}
+    # accelerate marks the process environment as DeepSpeed when given a plugin; put it back afterwards
+    use_deepspeed_env = os.environ.get("ACCELERATE_USE_DEEPSPEED")
     if plugin is not None and not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # accelerate sets up no process group for DeepSpeed on CPU (it would report 1 process
         # while DeepSpeed later runs 2); a CPU (gloo) state first makes ranks and world size right.
@@ -566,6 +568,10 @@ def run(config: TrainConfig) -> dict[str, Any]:
         unset_hf_deepspeed_config()
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
+        if use_deepspeed_env is None:
+            os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+        else:
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = use_deepspeed_env
         if rendezvous:  # we made this 1-process group: leave the caller's process as we found it
             for key in rendezvous:
                 os.environ.pop(key, None)

@@ -1,17 +1,19 @@
 """`accelerate launch` runs the same `python -m distill train` command: 2 CPU processes (gloo)
 equal 1 process with 2 accumulation steps; accelerate's --use_deepspeed environment becomes
---deepspeed."""
+--deepspeed, and a DeepSpeed run does not leave that environment behind."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 
 import pytest
 
 from distill.config import ConfigError
 from distill.train import launcher_deepspeed
-from tests.train.conftest import read_metrics, run_cli, train_args
+from tests.train.conftest import REPO, read_metrics, run_cli, train_args
 from tests.train.test_train import assert_weights_close, cli
 
 
@@ -23,24 +25,43 @@ def test_accelerate_deepspeed_environment_becomes_the_deepspeed_flag():
                                "ACCELERATE_DEEPSPEED_CONFIG_FILE": "none"}) == "zero3"
     assert launcher_deepspeed({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
                                "ACCELERATE_DEEPSPEED_CONFIG_FILE": "/x/ds.json"}) == "/x/ds.json"
-    for stage in ("0", "1", ""):
-        with pytest.raises(ConfigError, match="--zero_stage 2|3"):
+    assert launcher_deepspeed({"ACCELERATE_USE_DEEPSPEED": "true"}) == "zero2"  # accelerate's default stage
+    for stage in ("0", "1"):
+        with pytest.raises(ConfigError, match="ZeRO stage .* --zero_stage 2"):
             launcher_deepspeed({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": stage})
 
 
-def test_accelerate_deepspeed_environment_is_used_and_recorded(tiny_student_dir, kd_corpus, tmp_path, monkeypatch):
-    """One process started as `accelerate launch --use_deepspeed --zero_stage 2` would start it:
-    the run uses ZeRO-2 and says so in train_config.json."""
-    import json
+_TWO_RUNS = r"""
+import json, os, sys
+from click.testing import CliRunner
+from distill.cli import main
+student, corpus, tmp = sys.argv[1:4]
+common = ["--student", student, "--corpus", corpus, "--max-steps", "1", "--tokens-per-batch", "256", "--max-seq-len", "64"]
+assert "ACCELERATE_USE_DEEPSPEED" not in os.environ
+result = CliRunner().invoke(main, ["train", *common, "--out", tmp + "/ds", "--deepspeed", "zero2"], catch_exceptions=False)
+assert result.exit_code == 0, result.output
+after_ds = "ACCELERATE_USE_DEEPSPEED" in os.environ
+result = CliRunner().invoke(main, ["train", *common, "--out", tmp + "/plain"], catch_exceptions=False)
+print(json.dumps({"after_ds": after_ds, "exit": result.exit_code, "output": result.output[-2000:],
+                  "deepspeed": json.load(open(tmp + "/plain/train_config.json"))["deepspeed"] if result.exit_code == 0 else None}))
+"""
 
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
-    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
-    out = tmp_path / "out"
-    result = cli(train_args(tiny_student_dir, kd_corpus, out, max_steps=1))
-    assert result.exit_code == 0, result.output
-    assert json.loads((out / "train_config.json").read_text())["deepspeed"] == "zero2"
-    assert (out / "final" / "model.safetensors").is_file()
+
+@pytest.mark.slow
+def test_deepspeed_run_leaves_no_launcher_environment_behind(tiny_student_dir, kd_corpus, tmp_path):
+    """accelerate marks the process environment as DeepSpeed when given a plugin; after a
+    --deepspeed run, a later run in the same process without --deepspeed must not read that as
+    `accelerate launch --use_deepspeed`. (A subprocess: DeepSpeed keeps process-group state that a
+    second in-process DeepSpeed run elsewhere in the suite would trip over.)"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
+    for key in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE", "WORLD_SIZE", "RANK"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-c", _TWO_RUNS, str(tiny_student_dir), str(kd_corpus), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["after_ds"] is False
+    assert result["exit"] == 0 and result["deepspeed"] is None, result["output"]
 
 
 @pytest.mark.slow
