@@ -109,9 +109,9 @@ def test_shipped_teacher_answers_eval_prompts_through_the_hf_backend():
     finally:
         teacher.close()
     correct = sum(task.extract_answer(outputs[str(i)].text) == int(r["reference"]) for i, r in enumerate(rows))
-    # The shipped teacher scores ~23% on the suite (400 CPU training steps; docs/demo.md), answers
-    # in the task's format, and is far above chance (1/10) on these 24 prompts.
-    assert correct >= 3, f"{correct}/24 correct"
+    # The shipped teacher scores 96.7% on the whole suite (docs/demo.md); on these 24 prompts it
+    # must be well above the 90% the demo promises (chance is ~1/10).
+    assert correct >= 21, f"{correct}/24 correct"
     assert sum(task.extract_answer(outputs[str(i)].text) is not None for i in range(len(rows))) >= 22
     assert all(outputs[str(i)].topk_logprobs.shape[1] == 5 for i in range(len(rows)))
 

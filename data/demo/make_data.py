@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE))
 
 import task  # noqa: E402
 
-SEED_RNG, EVAL_RNG, TRAIN_RNG = 1, 2, 3
+SEED_RNG, EVAL_RNG, TRAIN_RNG, VALIDATION_RNG = 1, 2, 3, 4
 NUM_SEEDS, NUM_EVAL = 64, 600
 
 CHAT_TEMPLATE = (
@@ -44,6 +44,12 @@ def eval_problems() -> list[task.Problem]:
 def training_problems(count: int, exclude: set[str]) -> list[task.Problem]:
     """The teacher's own training problems: a third stream, never an eval or seed prompt."""
     return task.problems(TRAIN_RNG, count, exclude=exclude)
+
+
+def validation_problems(count: int, exclude: set[str]) -> list[task.Problem]:
+    """Problems for choosing among the teacher's checkpoints: a fourth stream, disjoint from the
+    seeds, the eval suite and the training problems, so the suite stays a held-out test."""
+    return task.problems(VALIDATION_RNG, count, exclude=exclude)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

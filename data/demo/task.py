@@ -1,18 +1,24 @@
-"""The demo task: multi-step integer word problems in a small templated language.
+"""The demo task: one- and two-step integer word problems in a small templated language.
 
 Deterministic (seeded ``random.Random``), no dependencies beyond the standard library, so the
 seeds, the eval suite and the demo teacher's training data are reproduced byte for byte by
 ``python data/demo/make_data.py``.
 
 A problem is a short story (one or two people, objects, 1-2 events) and a question; the answer
-is a chain of one-operation steps, one per line, and a final ``Answer: N`` line::
+is a chain of one or two one-operation steps, one per line, and a final ``Answer: N`` line::
 
-    Mia has 7 shells. After that she finds 5 shells on the beach. Then she gives 3 shells to Leo.
+    Mia has 4 shells. After that she finds 3 shells on the beach. Then she gives 2 shells to Leo.
     How many shells does Mia have now?
 
-    7 + 5 = 12
-    12 - 3 = 9
-    Answer: 9
+    4 + 3 = 7
+    7 - 2 = 5
+    Answer: 5
+
+At most two steps: the demo student is a 2-layer model (its speed budget against the 8-layer
+teacher), and two-layer students trained on three-step chains stalled far below the teacher on
+them (38% on the three-step problems of an earlier version of this task after 6,000 steps, while
+91-96% on the one- and two-step ones), so three-step chains would measure the student's depth, not
+the distillation.
 
 Numbers stay small (every value 0..MAX_VALUE, changes 1..MAX_CHANGE, small products) so a
 model of a few hundred thousand parameters can learn the arithmetic from a few thousand worked
@@ -180,7 +186,7 @@ def _timeline(rng: random.Random) -> Problem:
 
 
 def _groups(rng: random.Random) -> Problem:
-    """Equal groups (a multiplication), then one or two changes."""
+    """Equal groups (a multiplication), then one change."""
     (name, pron), (friend, _) = _two_people(rng)
     single, plural, place, container = rng.choice(OBJECTS)
     groups, size = rng.randint(2, 3), rng.randint(2, 3)
@@ -194,7 +200,7 @@ def _groups(rng: random.Random) -> Problem:
     ]).format(g=groups, s=size, cs=_plural(container), **fill)
     steps = [(groups, "*", size, value)]
     sentences = [opening]
-    for connective in rng.sample(CONNECTIVES, rng.choice([1, 2])):
+    for connective in rng.sample(CONNECTIVES, 1):
         if value >= 2 and (value + 1 > MAX_VALUE or rng.random() < 0.5):
             amount = rng.randint(1, min(MAX_CHANGE, value - 1))
             event, new, op = rng.choice(LOSS_EVENTS), value - amount, "-"
@@ -256,23 +262,23 @@ def _two_counts(rng: random.Random) -> Problem:
 
 
 def _exchange(rng: random.Random) -> Problem:
-    """Two people, one gives some to the other; how many more does one have now."""
+    """Two people, one gives some to the other; how many the giver or the receiver has now."""
     (name, pron), (other, _) = _two_people(rng)
     _, plural, _, _ = rng.choice(OBJECTS)
-    a = rng.randint(4, 6)
+    a = rng.randint(2, 7)
     give = rng.randint(1, min(MAX_CHANGE, a - 1))
-    b = rng.randint(max(1, a - 2 * give + 1), min(MAX_VALUE - give, a - give + MAX_CHANGE))
-    a2, b2 = a - give, b + give
-    if b2 <= a2:
-        b2 = a2 + 1
-        b = b2 - give
-    prompt = rng.choice([
-        "{n} has {a} {o} and {m} has {b} {o}. {n} gives {g} {o} to {m}. How many more {o} does {m} have than {n} now?",
-        "{m} owns {b} {o}, {n} owns {a}. Then {n} hands {g} of them to {m}. How many more {o} does {m} have now?",
-        "{n} starts with {a} {o} and {m} with {b}. After {n} gives {m} {g} {o}, how many more does {m} have than {n}?",
-    ]).format(n=name, m=other, a=a, b=b, g=give, o=plural)
-    steps = [(a, "-", give, a2), (b, "+", give, b2), (b2, "-", a2, b2 - a2)]
-    return Problem(prompt, _render_response(steps, b2 - a2), b2 - a2, "exchange")
+    b = rng.randint(1, MAX_VALUE - give)
+    opening = rng.choice([
+        "{n} has {a} {o} and {m} has {b} {o}. {n} gives {g} {o} to {m}.",
+        "{m} owns {b} {o}, {n} owns {a}. Then {n} hands {g} of them to {m}.",
+        "{n} starts with {a} {o} and {m} with {b}. {n} gives {m} {g} {o}.",
+    ])
+    if rng.random() < 0.5:
+        question, steps, answer = "How many {o} does {m} have now?", [(b, "+", give, b + give)], b + give
+    else:
+        question, steps, answer = "How many {o} does {n} have left?", [(a, "-", give, a - give)], a - give
+    prompt = f"{opening} {question}".format(n=name, m=other, a=a, b=b, g=give, o=plural)
+    return Problem(prompt, _render_response(steps, answer), answer, "exchange")
 
 
 KINDS = [(_timeline, 5), (_groups, 2), (_shopping, 1), (_two_counts, 1), (_exchange, 1)]
