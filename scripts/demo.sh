@@ -8,40 +8,55 @@
 #
 #   scripts/demo.sh                    # what `make demo` runs
 #   RUN=runs/demo-s1 SEED=1 scripts/demo.sh
+#   AUGMENT=16 STEPS=4 LIMIT=8 scripts/demo.sh   # a smoke run (seconds): LIMIT = first N suite prompts
 set -euo pipefail
 
 RUN=${RUN:-runs/demo}
 SEED=${SEED:-0}
 TEACHER=${TEACHER:-demo}
 AUGMENT=${AUGMENT:-2000}
-STEPS=${STEPS:-400}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+STEPS=${STEPS:-2000}
+THREADS=${OMP_NUM_THREADS:-2}
+export OMP_NUM_THREADS=$THREADS
 export TOKENIZERS_PARALLELISM=false
 
 step() { printf '\n== %s  (%ss elapsed)\n' "$1" "$SECONDS"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
-step "1/5  teacher: 64 seeds -> $AUGMENT synthetic prompts -> responses with top-20 log-probs"
+step "1/4  teacher: 64 seeds -> $AUGMENT synthetic prompts -> greedy responses with top-20 log-probs"
+# New prompts are sampled (diversity); answers are greedy (a task with one right answer): the
+# stored top-20 log-probs are the teacher's full temperature-1 distribution either way.
 run distill generate --teacher "$TEACHER" --prompts data/demo/seeds.jsonl --out "$RUN/corpus" \
     --augment "$AUGMENT" --augment-config data/demo/augment.yaml --decontaminate demo --seed "$SEED" \
-    --top-k 20 --max-new-tokens 64 --batch-size 64 --no-progress
+    --temperature 0 --top-k 20 --max-new-tokens 64 --batch-size 64 --no-progress
 
-step "2/5  student: KD + SFT on the teacher's corpus"
+# Steps 2 and 3 run side by side, one CPU thread each (tiny models gain little from a second
+# thread, so two 1-thread jobs finish well before two 2-thread jobs in a row).
+step "2/4  baseline, in the background: the 64 seeds with their labelled answers -> the same student recipe and step budget, SFT alone (log: $RUN/baseline.log)"
+export OMP_NUM_THREADS=1
+(
+    run distill generate --teacher "$TEACHER" --prompts data/demo/seeds.jsonl --out "$RUN/seeds_corpus" \
+        --responses reference --top-k 20 --max-new-tokens 64 --seed "$SEED" --no-progress
+    run distill train --student demo --corpus "$RUN/seeds_corpus" --out "$RUN/seeds_only" \
+        --kd-weight 0 --max-steps "$STEPS" --seed "$SEED"
+) > "$RUN/baseline.log" 2>&1 &
+baseline=$!
+
+step "3/4  student: KD + SFT on the teacher's corpus"
 run distill train --student demo --corpus "$RUN/corpus" --out "$RUN/student" \
     --kd-weight 0.5 --max-steps "$STEPS" --seed "$SEED"
+if ! wait "$baseline"; then
+    tail -n 20 "$RUN/baseline.log"
+    echo "the baseline failed (above; full log: $RUN/baseline.log)" >&2
+    exit 1
+fi
+tail -n 1 "$RUN/baseline.log"
+export OMP_NUM_THREADS=$THREADS
 
-step "3/5  baseline corpus: the 64 seeds with their labelled reference answers"
-run distill generate --teacher "$TEACHER" --prompts data/demo/seeds.jsonl --out "$RUN/seeds_corpus" \
-    --responses reference --top-k 20 --max-new-tokens 64 --seed "$SEED" --no-progress
-
-step "4/5  baseline student: the same recipe and step budget, SFT on the 64 labelled seeds alone"
-run distill train --student demo --corpus "$RUN/seeds_corpus" --out "$RUN/seeds_only" \
-    --kd-weight 0 --max-steps "$STEPS" --seed "$SEED"
-
-step "5/5  eval: teacher vs student vs seeds-only on the held-out demo suite"
+step "4/4  eval: teacher vs student vs seeds-only on the held-out demo suite"
 set +e
 run distill eval --model teacher="$TEACHER" --model student="$RUN/student" --model seeds_only="$RUN/seeds_only" \
-    --suite demo --teacher teacher --out "$RUN/eval" --max-new-tokens 64 --batch-size 64 \
+    --suite demo --teacher teacher --out "$RUN/eval" --max-new-tokens 64 --batch-size 64 ${LIMIT:+--limit "$LIMIT"} \
     --gate "student.score >= 0.95 * teacher.score"
 gate=$?
 set -e
