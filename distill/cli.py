@@ -68,6 +68,7 @@ def main() -> None:
 @click.option("--limit", type=int, help="only the first N suite rows")
 @click.option("--kl-top-k", type=int, help="teacher top-k kept for the KL  [default: 20]")
 @click.option("--speed-prompts", type=int, help="prompts timed for speed  [default: 16]")
+@click.option("--speed-rounds", type=int, help="timing rounds, models taking turns; median tokens/s  [default: 3]")
 @click.option("--device", help="auto, cpu, cuda, cuda:N  [default: auto]")
 @click.option("--dtype", help="auto, float32, bfloat16, float16  [default: auto]")
 @click.pass_context

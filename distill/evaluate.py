@@ -17,9 +17,11 @@ others' results) the suite's prompts are answered by greedy decoding, batched, w
   beyond the model's vocabulary fall into the tail bin. Models whose tokenizer differs from the
   teacher's get no KL (token-level KL across tokenizers is meaningless).
 
-Speed is measured on the first ``speed_prompts`` suite prompts after one excluded warm-up call:
-at batch 1 (``tokens_per_s``, ``latency_p50_ms``, ``latency_p95_ms``) and at ``batch_size``
-(the same names with ``_batch``). Tokens are generated tokens up to and including EOS; padding
+Speed is measured after every model is scored, on the first ``speed_prompts`` suite prompts
+after one excluded warm-up call: at batch 1 (``tokens_per_s``, ``latency_p50_ms``,
+``latency_p95_ms``) and in full batches of ``batch_size`` (the same names with ``_batch``; the
+timed prompts repeat to fill a batch). The models take turns over ``speed_rounds`` rounds and
+tokens/s is the median over rounds, so the ratios between models survive a noisy machine. Tokens are generated tokens up to and including EOS; padding
 after EOS in a batch is not counted. ``params`` counts unique parameters (tied embeddings once).
 
 The score is the mean row score with a 95% confidence interval: Wilson's interval when every row
@@ -100,6 +102,7 @@ class EvalConfig:
     limit: int | None = field(None, help="evaluate only the first N suite rows")
     kl_top_k: int = field(20, help="teacher top-k kept per token for the KL (+1 tail bin), as in the corpus; >= vocab size gives the exact KL")
     speed_prompts: int = field(16, help="prompts timed for tokens/s and latency (after one warm-up call)")
+    speed_rounds: int = field(3, help="timing rounds, the models taking turns; tokens/s is the median over rounds")
     judge_max_new_tokens: int = field(16, help="tokens the judge may write for its 'Score: N' reply")
     device: str = field("auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     dtype: str = field("auto", help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16")
@@ -110,7 +113,7 @@ class EvalConfig:
             raise ValueError("give at least one --model NAME=PATH")
         if not str(self.suite).strip():
             raise ValueError("--suite must not be empty")
-        for name in ("max_new_tokens", "batch_size", "kl_top_k", "speed_prompts", "judge_max_new_tokens"):
+        for name in ("max_new_tokens", "batch_size", "kl_top_k", "speed_prompts", "speed_rounds", "judge_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
@@ -481,19 +484,24 @@ def generate_greedy(
 
 
 def measure_speed(
-    run_batch: Any, prompts: Sequence[Any], *, batch_size: int, max_new_tokens: int, desc: str, sync: Any = None
+    run_batch: Any, prompts: Sequence[Any], *, batch_size: int, max_new_tokens: int, desc: str, sync: Any = None,
+    warm_up: bool = True,
 ) -> dict[str, Any]:
     """Tokens/s and per-request latency at batch 1 and at ``batch_size``, warm-up excluded.
 
     ``run_batch(prompts) -> list[Generation]`` generates greedily for one batch; ``sync()``
-    waits for the device so the clock measures finished work.
+    waits for the device so the clock measures finished work. The batched figure always runs full
+    batches of ``batch_size`` rows: with fewer timed prompts they are repeated to fill one batch.
     """
     from tqdm import tqdm
 
     sync = sync or (lambda: None)
-    run_batch(list(prompts[:batch_size]))  # warm-up: allocator, kernels, caches
-    run_batch([prompts[0]])
-    sync()
+    batch_rows = [prompts[i % len(prompts)] for i in range(max(batch_size, len(prompts)))]
+    batch_rows = batch_rows[: len(batch_rows) - len(batch_rows) % batch_size or len(batch_rows)]
+    if warm_up:
+        run_batch(batch_rows[:batch_size])  # allocator, kernels, caches
+        run_batch([prompts[0]])
+        sync()
     single_latency, single_tokens, single_time = [], 0, 0.0
     for prompt in tqdm(prompts, desc=f"{desc}: speed b=1", unit="req", leave=False):
         start = time.perf_counter()
@@ -504,7 +512,7 @@ def measure_speed(
         single_tokens += len(out[0].response_ids)
         single_time += elapsed
     batch_latency, batch_tokens, batch_time = [], 0, 0.0
-    chunks = [list(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
+    chunks = [batch_rows[i : i + batch_size] for i in range(0, len(batch_rows), batch_size)]
     for chunk in tqdm(chunks, desc=f"{desc}: speed b={batch_size}", unit="batch", leave=False):
         start = time.perf_counter()
         out = run_batch(chunk)
@@ -518,18 +526,86 @@ def measure_speed(
         "max_new_tokens": max_new_tokens,
         "batch_1": {
             "tokens_per_s": single_tokens / single_time,
-            "latency_p50_ms": percentile(single_latency, 50),
-            "latency_p95_ms": percentile(single_latency, 95),
+            "latency_ms": single_latency,
             "tokens": single_tokens,
         },
         "batch": {
-            "batch_size": min(batch_size, len(prompts)),
+            "batch_size": len(chunks[0]),
             "tokens_per_s": batch_tokens / batch_time,
-            "latency_p50_ms": percentile(batch_latency, 50),
-            "latency_p95_ms": percentile(batch_latency, 95),
+            "latency_ms": batch_latency,
             "tokens": batch_tokens,
         },
     }
+
+
+def combine_speed_rounds(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One speed entry from several rounds: tokens/s is the median over rounds (a round slowed by
+    a noisy neighbour does not move it), latency percentiles pool every timed request."""
+    out: dict[str, Any] = {"prompts": rounds[0]["prompts"], "max_new_tokens": rounds[0]["max_new_tokens"],
+                           "rounds": len(rounds)}
+    for key in ("batch_1", "batch"):
+        latencies = [ms for r in rounds for ms in r[key]["latency_ms"]]
+        out[key] = {
+            "tokens_per_s": float(np.median([r[key]["tokens_per_s"] for r in rounds])),
+            "tokens_per_s_rounds": [r[key]["tokens_per_s"] for r in rounds],
+            "latency_p50_ms": percentile(latencies, 50),
+            "latency_p95_ms": percentile(latencies, 95),
+            "tokens": sum(r[key]["tokens"] for r in rounds),
+        }
+        if key == "batch":
+            out[key]["batch_size"] = rounds[0][key]["batch_size"]
+    return out
+
+
+def measure_speeds(models: dict[str, str], suite: Suite, config: EvalConfig, entries: dict[str, dict[str, Any]],
+                   on_update: Callable[[], None]) -> None:
+    """Time every model that evaluated, interleaved: ``speed_rounds`` rounds, each opening and
+    timing the models in turn (alternating the order), so a slow spell of the machine lands on
+    all of them alike and the ratios between models hold. A model served by a backend (vLLM,
+    HTTP) is opened once and timed all its rounds in its first slot: restarting a server per
+    round would cost minutes. Failures go into ``errors.speed``; the scores stay."""
+    from distill.prompts import encode_prompt
+
+    names = [n for n in models if entries.get(n, {}).get("status") == "ok"]
+    rounds: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    failed: set[str] = set()
+    for r in range(config.speed_rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            served = resolve_model(models[name])[1] != "hf"
+            if name in failed or (served and r > 0):
+                continue
+            try:
+                opened, _ = _open(models[name], config)
+                try:
+                    prompts = [(encode_prompt(opened.tokenizer, row.messages), row.messages)
+                               for row in suite.rows[: config.speed_prompts]]
+                    for i in range(config.speed_rounds if served else 1):
+                        rounds[name].append(measure_speed(
+                            lambda batch: opened.generate(batch, 0, None), prompts, batch_size=config.batch_size,
+                            max_new_tokens=config.max_new_tokens, desc=f"{name} ({r + i + 1}/{config.speed_rounds})",
+                            sync=opened.sync, warm_up=i == 0,
+                        ))
+                finally:
+                    opened.close()
+            except Exception as exc:
+                failed.add(name)
+                entries[name]["errors"]["speed"] = f"{type(exc).__name__}: {exc}"
+                print(f"warning: model '{name}': speed not measured: {entries[name]['errors']['speed']}", file=sys.stderr)
+    for name in names:
+        if name in failed or not rounds[name]:
+            continue
+        speed = combine_speed_rounds(rounds[name])
+        entries[name]["speed"] = speed
+        entries[name].update(
+            tokens_per_s=speed["batch_1"]["tokens_per_s"],
+            latency_p50_ms=speed["batch_1"]["latency_p50_ms"],
+            latency_p95_ms=speed["batch_1"]["latency_p95_ms"],
+            tokens_per_s_batch=speed["batch"]["tokens_per_s"],
+            latency_p50_ms_batch=speed["batch"]["latency_p50_ms"],
+            latency_p95_ms_batch=speed["batch"]["latency_p95_ms"],
+            batch_size=speed["batch"]["batch_size"],
+        )
+    on_update()
 
 
 @dataclass
@@ -842,23 +918,6 @@ def evaluate_model(
                 except Exception as exc:
                     entry["errors"]["kl"] = f"{type(exc).__name__}: {exc}"
         _write_jsonl(out_dir / "outputs" / f"{name}.jsonl", row_records)
-        try:
-            speed = measure_speed(
-                lambda batch: opened.generate(batch, 0, None), prompts[: config.speed_prompts],
-                batch_size=config.batch_size, max_new_tokens=config.max_new_tokens, desc=name, sync=opened.sync,
-            )
-            entry["speed"] = speed
-            entry.update(
-                tokens_per_s=speed["batch_1"]["tokens_per_s"],
-                latency_p50_ms=speed["batch_1"]["latency_p50_ms"],
-                latency_p95_ms=speed["batch_1"]["latency_p95_ms"],
-                tokens_per_s_batch=speed["batch"]["tokens_per_s"],
-                latency_p50_ms_batch=speed["batch"]["latency_p50_ms"],
-                latency_p95_ms_batch=speed["batch"]["latency_p95_ms"],
-                batch_size=speed["batch"]["batch_size"],
-            )
-        except Exception as exc:
-            entry["errors"]["speed"] = f"{type(exc).__name__}: {exc}"
         entry["status"] = "ok"
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -948,7 +1007,8 @@ def run(config: EvalConfig) -> dict[str, Any]:
         "judge": judge_name if judge_rows else None,
         "settings": {
             "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size, "kl_top_k": config.kl_top_k,
-            "speed_prompts": min(config.speed_prompts, len(suite.rows)), "decoding": "greedy",
+            "speed_prompts": min(config.speed_prompts, len(suite.rows)), "speed_rounds": config.speed_rounds,
+            "decoding": "greedy",
             "device": str(_torch_device_dtype(config)[0]), "dtype": str(_torch_device_dtype(config)[1]).replace("torch.", ""),
             "torch_threads": _torch_threads(),
         },
@@ -956,7 +1016,7 @@ def run(config: EvalConfig) -> dict[str, Any]:
             "score_ci": "95% Wilson interval when all row scores are 0/1, else percentile bootstrap (2000 resamples)",
             "agreement": "share of rows whose extracted answer equals the teacher's greedy answer (rows where the teacher gave none are not counted)",
             "kl_to_teacher": "forward KL(teacher || model), nats per token, on the teacher's greedy responses; teacher top-k + tail bin vs the model's full softmax",
-            "speed": "greedy generation after one warm-up call; tokens up to and including EOS; tokens_per_s/latency_* at batch 1, *_batch at batch_size",
+            "speed": "greedy generation after one warm-up call per opening, models timed in turn over speed_rounds rounds; tokens up to and including EOS; tokens_per_s = median over rounds; latency_* pooled; at batch 1, *_batch in full batches of batch_size",
         },
         "gate": None,
         "complete": False,
@@ -1002,6 +1062,7 @@ def run(config: EvalConfig) -> dict[str, Any]:
             write_report(report, out_dir, chart=False)
     finally:
         judge.close()
+    measure_speeds(models, suite, config, entries, lambda: write_report(report, out_dir, chart=False))
     if judge.error:
         report["judge_error"] = judge.error
     if teacher_error:

@@ -341,9 +341,31 @@ def test_speed_and_params_are_measured(full_run):
                     "latency_p50_ms_batch", "latency_p95_ms_batch", "params"):
             assert entry[key] > 0, (name, key)
         assert entry["latency_p95_ms"] >= entry["latency_p50_ms"]
-        assert entry["speed"]["batch"]["batch_size"] == 3 and entry["speed"]["batch_1"]["tokens"] > 0
-    assert report["models"]["teacher"]["speed"]["batch_1"]["tokens"] == 3 * 10  # "Answer: 42" (9 tokens) + EOS, 3 prompts
-    assert report["models"]["empty"]["speed"]["batch_1"]["tokens"] == 3  # EOS only
+        # 3 timed prompts fill one full batch of --batch-size 4; 3 rounds (the default), models in turn
+        assert entry["speed"]["batch"]["batch_size"] == 4 and entry["speed"]["rounds"] == 3
+        assert len(entry["speed"]["batch_1"]["tokens_per_s_rounds"]) == 3
+        assert entry["tokens_per_s"] == sorted(entry["speed"]["batch_1"]["tokens_per_s_rounds"])[1]  # the median
+    teacher = report["models"]["teacher"]["speed"]
+    assert teacher["batch_1"]["tokens"] == 3 * 3 * 10  # rounds x prompts x ("Answer: 42" (9 tokens) + EOS)
+    assert teacher["batch"]["tokens"] == 3 * 4 * 10
+    assert report["models"]["empty"]["speed"]["batch_1"]["tokens"] == 3 * 3  # EOS only
+    assert report["settings"]["speed_rounds"] == 3
+
+
+def test_combine_speed_rounds_takes_the_median_and_pools_latencies():
+    from distill.evaluate import combine_speed_rounds
+
+    def round_(b1, batch, latencies):
+        return {"prompts": 2, "max_new_tokens": 8,
+                "batch_1": {"tokens_per_s": b1, "latency_ms": latencies, "tokens": 10},
+                "batch": {"tokens_per_s": batch, "latency_ms": latencies, "tokens": 40, "batch_size": 4}}
+
+    speed = combine_speed_rounds([round_(100.0, 900.0, [10.0, 12.0]), round_(20.0, 1000.0, [50.0, 60.0]),
+                                  round_(110.0, 300.0, [11.0, 13.0])])
+    # one round under a noisy neighbour (20 tok/s, 300 tok/s batched) moves neither figure
+    assert speed["batch_1"]["tokens_per_s"] == 100.0 and speed["batch"]["tokens_per_s"] == 900.0
+    assert speed["batch_1"]["latency_p50_ms"] == 12.5 and speed["batch_1"]["tokens"] == 30
+    assert speed["rounds"] == 3 and speed["batch"]["batch_size"] == 4
 
 
 def test_empty_outputs_and_broken_model_are_recorded_not_fatal(full_run):

@@ -318,6 +318,24 @@ def problems(seed: int, count: int, exclude: set[str] = frozenset()) -> list[Pro
     return out
 
 
+_NAME_SET = {name for name, _ in NAMES}
+_QUESTION_OBJECT = re.compile(r"(?:How many|number of|Count the) ((?:[a-z]+ )?[a-z]+?) (?:does|do|are|is|of|the|[A-Z][a-z]+ has)\b")
+
+
+def is_coherent(prompt: str) -> bool:
+    """A cheap well-formedness check of a written prompt (used to measure the demo teacher's
+    prompt writing, never to filter): every person named in the question, and the thing it
+    asks about, already appear in the story before it. Every generated problem passes."""
+    sentences = re.split(r"(?<=[.?])\s+", prompt.strip())
+    if len(sentences) < 2:
+        return False
+    story, question = " ".join(sentences[:-1]), sentences[-1]
+    if any(word in _NAME_SET and word not in story for word in re.findall(r"[A-Z][a-z]+", question)):
+        return False
+    asked = _QUESTION_OBJECT.search(question)
+    return asked is None or asked.group(1).split(" ")[-1] in story
+
+
 def extract_answer(text: str) -> int | None:
     """The integer on the last ``Answer:`` line of a model's output, or None."""
     for line in reversed(text.strip().split("\n")):

@@ -87,6 +87,24 @@ def task_accuracy(model, tokenizer, problems: list[task.Problem]) -> float:
     return sum(task.extract_answer(o) == p.answer for o, p in zip(outputs, problems)) / len(problems)
 
 
+def prompt_coherence(model, tokenizer, pool: list[task.Problem], requests: int, few_shot: int, num_new: int,
+                     seed: int = 0) -> tuple[float, int]:
+    """(share of coherent prompts, prompts parsed) over ``requests`` augmentation requests sampled at
+    temperature 1 as ``distill generate --augment`` does: how well the teacher writes new prompts."""
+    import torch
+    from distill.augment import parse_prompts, render_meta_prompt
+
+    rng = random.Random(seed)
+    template = meta_prompt_template()
+    metas = [render_meta_prompt(template, [p.prompt for p in rng.sample(pool, few_shot)], num_new)
+             for _ in range(requests)]
+    torch.manual_seed(seed)
+    written = [p for text in trainlib.greedy(model, tokenizer, metas, max_new_tokens=320, do_sample=True)
+               for p in parse_prompts(text)]
+    model.train()
+    return (sum(map(task.is_coherent, written)) / len(written) if written else 0.0), len(written)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(HERE / "model"), help="model directory to write")
@@ -100,6 +118,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (results are deterministic per thread count)")
     parser.add_argument("--save-every", type=int, default=0, help="also save OUT/step-N every N steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--schedule", choices=["constant", "cosine"], default="constant")
+    parser.add_argument("--hidden-size", type=int, default=MODEL["hidden_size"])
+    parser.add_argument("--intermediate-size", type=int, default=MODEL["intermediate_size"])
     args = parser.parse_args()
 
     import torch
@@ -121,6 +142,7 @@ def main() -> None:
     print(f"{len(examples)} examples ({args.augment_examples} augmentation), "
           f"{sum(len(a) + len(b) for a, b in examples) / len(examples):.0f} tokens each on average", flush=True)
 
+    MODEL.update(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size)
     model = build_model(tokenizer, args.seed)
     print(f"{sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
     # Checkpoints are compared on a validation stream of their own, never on the eval suite.
@@ -129,14 +151,15 @@ def main() -> None:
     def report(step: int) -> None:
         if args.save_every and step % args.save_every == 0 and step < args.steps:
             model.save_pretrained(Path(args.out) / f"step-{step}")
-            print(f"step {step}: task accuracy on 600 validation problems {task_accuracy(model, tokenizer, check):.3f}",
-                  flush=True)
+            coherent, written = prompt_coherence(model, tokenizer, check, 40, args.few_shot, args.num_new)
+            print(f"step {step}: task accuracy on 600 validation problems {task_accuracy(model, tokenizer, check):.3f}; "
+                  f"coherent written prompts {coherent:.3f} of {written}", flush=True)
             model.train()
 
     # A constant learning rate after warmup: the weights after S steps are the same whatever
     # --steps is, so a run can be stopped at any saved step and still be reproduced exactly.
     trainlib.train(model, examples, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                   pad_id=tokenizer.pad_token_id, seed=args.seed, cosine=False, callback=report)
+                   pad_id=tokenizer.pad_token_id, seed=args.seed, cosine=args.schedule == "cosine", callback=report)
     accuracy = task_accuracy(model, tokenizer, evals)
     train_seconds = time.time() - start
     out = Path(args.out)
