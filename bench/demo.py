@@ -9,6 +9,8 @@ timing it, then checks independently of the pipeline's own code:
 - near duplicates: brute-force character 5-gram Jaccard over every pair of accepted prompts
   (pairs with J >= 0.8; the share of prompts that are in such a pair);
 - contamination: word 13-grams shared with any prompt of eval/demo.jsonl (must be 0);
+- coherence: the share of synthetic prompts whose question asks about people and things the
+  story introduced (``task.is_coherent``; every generated problem passes);
 - teacher / student / seeds-only task scores, parameters and tokens/s from the eval report.
 Then, for ``--curve-seeds``: KD+SFT (--kd-weight 0.5) against SFT only (--kd-weight 0) on the
 same corpus and step budget, a checkpoint every ``--curve-every`` steps scored on the eval
@@ -31,6 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "data" / "demo"))
+
+import task  # noqa: E402
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -149,6 +153,7 @@ def pipeline(seed: int, base: Path, steps: int, reuse: bool = False) -> dict:
         "rejected": (manifest.get("augmentation") or {}).get("rejected", {}),
         "near_dup_pairs": pairs, "near_dup_share": in_pairs / max(1, len(synthetic)),
         "contaminated": ngram_overlap(synthetic, suite),
+        "coherent_share": sum(map(task.is_coherent, synthetic)) / max(1, len(synthetic)),
         "teacher": m["teacher"]["score"], "student": m["student"]["score"], "seeds_only": m["seeds_only"]["score"],
         "student_over_teacher": m["student"]["score"] / max(m["teacher"]["score"], 1e-9),
         "param_ratio": m["teacher"]["params"] / m["student"]["params"],
@@ -216,6 +221,7 @@ def main() -> None:
             ("near_dup_share", "share of prompts in a char-5-gram Jaccard >= 0.8 pair"),
             ("near_dup_pairs", "such pairs"),
             ("contaminated", "prompts sharing a word 13-gram with eval/demo.jsonl"),
+            ("coherent_share", "share of synthetic prompts that are coherent (task.is_coherent)"),
             ("teacher", "teacher task score"), ("student", "student task score"),
             ("seeds_only", "seeds-only student task score"),
             ("student_over_teacher", "student / teacher score"),

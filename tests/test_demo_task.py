@@ -47,6 +47,16 @@ def test_check_problem_rejects_a_wrong_line():
         task.check_problem(task.Problem(problem.prompt, "\n".join(lines), problem.answer, problem.kind))
 
 
+def test_is_coherent_accepts_every_generated_problem_and_catches_broken_ones():
+    assert all(task.is_coherent(p.prompt) for p in task.problems(11, 2000))
+    # the kinds of slips a small teacher makes when it writes prompts
+    assert not task.is_coherent("Luis starts the day with 3 balloons. Then Theo gives him 1 balloon. "
+                                "How many balloons does Sam have now?")  # a person the story never named
+    assert not task.is_coherent("Mia has 4 shells. Then she finds 3 shells on the beach. How many stamps does Mia have now?")
+    assert not task.is_coherent("How many shells does Mia have?")  # no story
+    assert task.is_coherent("Mia has 4 shells. Then she finds 3 shells on the beach. How many shells does Mia have now?")
+
+
 def test_shipped_files_are_what_the_generator_writes():
     seeds = _read_jsonl(DEMO / "seeds.jsonl")
     suite = _read_jsonl(ROOT / "eval" / "demo.jsonl")

@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (results are deterministic per thread count)")
     parser.add_argument("--save-every", type=int, default=0, help="also save OUT/step-N every N steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", help="start from this model directory instead of a random init")
     parser.add_argument("--schedule", choices=["constant", "cosine"], default="constant")
     parser.add_argument("--hidden-size", type=int, default=MODEL["hidden_size"])
     parser.add_argument("--intermediate-size", type=int, default=MODEL["intermediate_size"])
@@ -144,6 +145,10 @@ def main() -> None:
 
     MODEL.update(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size)
     model = build_model(tokenizer, args.seed)
+    if args.init:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(args.init)
     print(f"{sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
     # Checkpoints are compared on a validation stream of their own, never on the eval suite.
     check = make_data.validation_problems(600, exclude=held_out | {p.prompt for p in problems})
