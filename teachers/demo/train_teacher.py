@@ -13,6 +13,13 @@ own, disjoint from seeds, eval suite and training problems) and 2,700 scored bes
 2,400: 93.0%, 2,700: 97.2%, 3,000: 89.5% — the constant rate makes it oscillate). With a constant
 rate the weights after S steps do not depend on the planned length, so ``--steps 2700`` rebuilds them.
 
+With ``--save-every N`` each saved checkpoint is also probed for the teacher's two jobs: task
+accuracy on the validation problems, and prompt writing: 40 augmentation requests sampled at
+temperature 1, the share of written prompts that ``task.is_coherent`` accepts (the question asks
+about people and things the story introduced). ``--schedule cosine``, ``--init DIR`` (continue
+from a model) and ``--hidden-size``/``--intermediate-size`` exist for those experiments; their
+outcomes are in docs/demo.md. The defaults rebuild the shipped weights.
+
 Training data (all from the task generator's own stream, never a seed or eval prompt):
 - task examples: a problem as the user turn -> its worked answer;
 - augmentation examples: ``distill.augment``'s meta-prompt filled with ``few_shot`` example
