@@ -15,6 +15,7 @@ Checkpoints without tokenizer files (``train_teacher.py --save-every``) use the 
 from __future__ import annotations
 
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def name_probability(model, tokenizer, pool: list[task.Problem], requests: int =
             tokenizer, render_meta_prompt(template, [p.prompt for p in picks[:3]], 5), EXAMPLE_PREFIX + picks[3].prompt)
         ids = head + response
         at = [i for i in range(len(head), len(ids)) if ids[i] in names]
-        question = task.re.split(r"(?<=[.?])\s+", picks[3].prompt)[-1]
+        question = re.split(r"(?<=[.?])\s+", picks[3].prompt)[-1]
         if len(at) < 2 or not any(n in question for n, _ in task.NAMES):
             continue  # no named person in the question
         with torch.no_grad():
