@@ -1182,7 +1182,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
         f"Greedy decoding, max_new_tokens {settings['max_new_tokens']}, batch size {settings['batch_size']}, "
         f"device {settings['device']} ({settings['dtype']}, {settings['torch_threads']} CPU threads); "
-        f"speed over {settings['speed_prompts']} prompts; "
+        f"speed over {settings['speed_prompts']} prompts, {settings.get('speed_rounds', 1)} rounds with the models in turn; "
         f"KL over the teacher's top-{settings['kl_top_k']} + tail.",
         "",
     ]
