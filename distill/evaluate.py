@@ -496,8 +496,8 @@ def measure_speed(
     from tqdm import tqdm
 
     sync = sync or (lambda: None)
-    batch_rows = [prompts[i % len(prompts)] for i in range(max(batch_size, len(prompts)))]
-    batch_rows = batch_rows[: len(batch_rows) - len(batch_rows) % batch_size or len(batch_rows)]
+    full_batches = max(1, len(prompts) // batch_size)
+    batch_rows = [prompts[i % len(prompts)] for i in range(full_batches * batch_size)]
     if warm_up:
         run_batch(batch_rows[:batch_size])  # allocator, kernels, caches
         run_batch([prompts[0]])

@@ -151,11 +151,12 @@ def main() -> None:
           f"{sum(len(a) + len(b) for a, b in examples) / len(examples):.0f} tokens each on average", flush=True)
 
     MODEL.update(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size)
-    model = build_model(tokenizer, args.seed)
     if args.init:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(args.init)
+    else:
+        model = build_model(tokenizer, args.seed)
     print(f"{sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
     # Checkpoints are compared on a validation stream of their own, never on the eval suite.
     check = make_data.validation_problems(600, exclude=held_out | {p.prompt for p in problems})
