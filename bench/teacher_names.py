@@ -33,7 +33,7 @@ def name_probability(model, tokenizer, pool: list[task.Problem], requests: int =
     import torch
     from distill.augment import EXAMPLE_PREFIX, render_meta_prompt
 
-    names = {tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" " + n))[0] for n, _ in task.NAMES}
+    names = {tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" " + n))[-1] for n, _ in task.NAMES}
     template, rng = train_teacher.meta_prompt_template(), random.Random(seed)
     right = story_mass = 0.0
     probed = 0

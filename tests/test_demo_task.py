@@ -103,6 +103,23 @@ def test_shipped_teacher_fits_the_budget_and_shares_the_tokenizer():
     assert summary["parameters"] == sum(p.numel() for p in _load(model_dir).parameters())
 
 
+def test_tokenizer_spells_a_name_or_number_the_same_at_a_line_start_and_mid_sentence():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ROOT / "teachers" / "demo" / "model")
+    problem = make_data.seed_problems()[0]
+    ids = tok(problem.prompt, add_special_tokens=False)["input_ids"]
+    first = tok(problem.prompt.split()[0], add_special_tokens=False)["input_ids"]
+    assert len(first) == 1 and ids.count(first[0]) >= 2  # the story's first name, again in the question
+    for name, _ in task.NAMES:
+        alone, inside = (tok(text, add_special_tokens=False)["input_ids"] for text in (name, f"to {name}."))
+        assert len(alone) == 1 and alone[0] in inside, name
+    for number in range(13):
+        alone = tok(str(number), add_special_tokens=False)["input_ids"]
+        assert alone[0] in tok(f"has {number} apples", add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == problem.prompt
+
+
 @pytest.mark.slow
 def test_shipped_teacher_answers_eval_prompts_through_the_hf_backend():
     from distill.prompts import encode_prompt

@@ -129,6 +129,11 @@ def main() -> None:
     parser.add_argument("--schedule", choices=["constant", "cosine"], default="constant")
     parser.add_argument("--hidden-size", type=int, default=MODEL["hidden_size"])
     parser.add_argument("--intermediate-size", type=int, default=MODEL["intermediate_size"])
+    parser.add_argument("--prompt-loss", choices=["task", "augment", "both"], default="task",
+                        help="which examples also carry loss on the user's text")
+    parser.add_argument("--pretrain-steps", type=int, default=0,
+                        help="first train this many steps on plain prompt text (several problems per row, loss on all)")
+    parser.add_argument("--pretrain-lr", type=float, default=6e-3)
     args = parser.parse_args()
 
     import torch
@@ -145,7 +150,10 @@ def main() -> None:
     pairs += augmentation_examples(args.augment_examples, rng, problems, args.few_shot, args.num_new)
     # Task examples carry loss on the user's words too: the teacher then models the prompt
     # distribution itself, and the (long) augmentation examples only teach the output format.
-    examples = [trainlib.encode_example(tokenizer, prompt, response, prompt_loss=i < len(problems))
+    def prompt_loss(i: int) -> bool:
+        return args.prompt_loss == "both" or (i < len(problems)) == (args.prompt_loss == "task")
+
+    examples = [trainlib.encode_example(tokenizer, prompt, response, prompt_loss=prompt_loss(i))
                 for i, (prompt, response) in enumerate(pairs)]
     print(f"{len(examples)} examples ({args.augment_examples} augmentation), "
           f"{sum(len(a) + len(b) for a, b in examples) / len(examples):.0f} tokens each on average", flush=True)
@@ -168,6 +176,24 @@ def main() -> None:
             print(f"step {step}: task accuracy on 600 validation problems {task_accuracy(model, tokenizer, check):.3f}; "
                   f"coherent written prompts {coherent:.3f} of {written}", flush=True)
             model.train()
+
+    if args.pretrain_steps:
+        # A base-model phase: rows of "Prompt: <problem>" lines, no chat template, loss on every
+        # token, so the model learns the prompt language (a question names the story's people)
+        # before it learns to answer and to follow the meta-prompt.
+        from distill.augment import EXAMPLE_PREFIX
+
+        texts = [p.prompt for p in problems]
+        rows = []
+        for _ in range(len(texts)):
+            ids = tokenizer("\n".join(EXAMPLE_PREFIX + t for t in rng.sample(texts, 3)), add_special_tokens=False)["input_ids"]
+            rows.append(([], ids + [tokenizer.eos_token_id]))
+        print(f"pretraining {args.pretrain_steps} steps on {len(rows)} rows of prompt text", flush=True)
+        trainlib.train(model, rows, steps=args.pretrain_steps, batch_size=args.batch_size, lr=args.pretrain_lr,
+                       pad_id=tokenizer.pad_token_id, seed=args.seed, cosine=True)
+        if args.save_every:
+            model.save_pretrained(Path(args.out) / "pretrained")
+            tokenizer.save_pretrained(Path(args.out) / "pretrained")
 
     # A constant learning rate after warmup: the weights after S steps are the same whatever
     # --steps is, so a run can be stopped at any saved step and still be reproduced exactly.
