@@ -120,6 +120,19 @@ def test_tokenizer_spells_a_name_or_number_the_same_at_a_line_start_and_mid_sent
     assert tok.decode(ids) == problem.prompt
 
 
+def test_tokenizer_file_gives_the_ids_transformers_gives():
+    """tokenizer.json states the pre-tokenization transformers applies to a Qwen2 directory, so
+    a reader of the file alone (the tokenizers library, older transformers) gets the same ids."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    model_dir = ROOT / "teachers" / "demo" / "model"
+    raw, auto = Tokenizer.from_file(str(model_dir / "tokenizer.json")), AutoTokenizer.from_pretrained(model_dir)
+    texts = [f"{p.prompt}\n{p.response}" for p in task.problems(7, 300)] + [make_data.meta_prompt_text()]
+    for text in texts + ["Prompt: It costs 12 coins, 105 in all: don't ask\n\n  twice."]:
+        assert raw.encode(text, add_special_tokens=False).ids == auto(text, add_special_tokens=False)["input_ids"], text
+
+
 @pytest.mark.slow
 def test_shipped_teacher_answers_eval_prompts_through_the_hf_backend():
     from distill.prompts import encode_prompt

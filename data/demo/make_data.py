@@ -31,6 +31,9 @@ CHAT_TEMPLATE = (
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 VOCAB_SIZE = 1024
+# Qwen2's pre-tokenizer split (the regex of its tokenizer.json).
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 def seed_problems() -> list[task.Problem]:
@@ -71,7 +74,7 @@ def build_tokenizer(out_dir: Path, texts: list[str]):
     probability of the right name sat at chance, 1/40, bench/teacher_names.md), so most of its
     synthetic prompts asked about someone the story never mentioned.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -83,6 +86,16 @@ def build_tokenizer(out_dir: Path, texts: list[str]):
     trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
+    # Runtime pre-tokenization: what transformers applies to every Qwen2-typed model directory
+    # whatever the file says (digits one by one, a space kept apart from a digit). Written into
+    # the file too, so the `tokenizers` library, older transformers and any other reader of
+    # tokenizer.json produce the same ids the teacher was trained on. The merges above were
+    # learnt with the plain byte-level split; the shipped ones are kept as they are.
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                      additional_special_tokens=["<|im_start|>"])
     hf_tok.chat_template = CHAT_TEMPLATE
