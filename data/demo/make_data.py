@@ -66,13 +66,12 @@ def build_tokenizer(out_dir: Path, texts: list[str]):
     """Byte-level BPE fit on task text (every word of the templated language becomes ~1 token),
     Qwen-style chat template, eos <|im_end|>, pad <|endoftext|>.
 
-    A space before a capital letter or a digit is a token of its own, so a name or a number is
-    the same token wherever it stands: "Zoe" opening a story and "... does Zoe have" both read
-    `Zoe`, and "5" in "has 5 shells" is the "5" the answer starts with. With the plain byte-level
-    split the story's first name was `Zoe` and the question's `ĠZoe`, two unrelated ids: the
-    teacher never learnt to copy the story's names into the question of a prompt it wrote (its
-    probability of the right name sat at chance, 1/40, bench/teacher_names.md), so most of its
-    synthetic prompts asked about someone the story never mentioned.
+    The merges are learnt with a space before a capital letter or a digit kept apart, so no
+    merge ever joins a space to a name or a number: "Zoe" opening a story and "... does Zoe
+    have" both hold the token `Zoe`, and the "5" of "has 5 shells" is the "5" an answer line
+    starts with. With merges learnt on the plain byte-level split a question's name was `ĠZoe`,
+    another id than the story's opening `Zoe`: repeating it was no plain copy of a token
+    (bench/teacher_names.md has how the demo teacher learnt to copy names).
     """
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
