@@ -230,7 +230,7 @@ def main() -> None:
             ("speed_ratio_batch", "student / teacher tokens/s, batched")]
     lines = [f"# Demo benchmark ({date.today().isoformat()})", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}, Python {platform.python_version()}; "
-             f"other jobs were running on it (timings are noisy).", "",
+             f"one run per seed (timings on a shared machine vary from run to run).", "",
              f"`python bench/demo.py --seeds {' '.join(map(str, args.seeds))} --steps {args.steps}`: "
              f"`scripts/demo.sh` per seed, then independent checks (see the script's docstring).", "",
              "| figure | " + " | ".join(f"seed {r['seed']}" for r in results) + " | mean ± sd |",
