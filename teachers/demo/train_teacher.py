@@ -17,10 +17,10 @@ Two phases, like a base model that is then instruction-tuned:
 2. ``--steps`` (2,700) on the task and augmentation examples below, constant ``--lr`` (3e-3).
 
 The shipped weights: these defaults, 1 torch thread (first run with ``--save-every 500``, 31
-minutes with another job beside it; a rerun without probes, 21 minutes, a CI run beside it for the first 4, gave the same
-safetensors bytes); 97.0% greedy on the 600 suite prompts; the in-run
-probes (below) read, at steps 500 / 1,000 / 1,500 / 2,000 / 2,500 of phase 2, validation accuracy
-20.8 / 76.2 / 81.5 / 86.5 / 91.0% and coherent written prompts 72.5 / 80.2 / 81.0 / 62.8 / 84.9%.
+minutes with another job beside it; a rerun without probes, 21 minutes, a CI run beside it for the
+first 4, gave the same safetensors bytes); 97.0% greedy on the 600 suite prompts; the in-run probes
+(below) read, at steps 500 / 1,000 / 1,500 / 2,000 / 2,500 of phase 2, validation accuracy 20.8 /
+76.2 / 81.5 / 86.5 / 91.0% and coherent written prompts 72.5 / 80.2 / 81.0 / 62.8 / 84.9%.
 
 With ``--save-every N`` each saved checkpoint is also probed for the teacher's two jobs: task
 accuracy on 600 validation problems (a generator stream of its own, disjoint from seeds, eval
