@@ -3,8 +3,8 @@ perfect teacher corpus would allow, to tell the student's limits from the corpus
 
     python bench/student_ceiling.py --problems 2000 4000 --heads 8 4
 
-Per setting: the student shape of students/demo.yaml (2 layers x 64, the given number of heads
-and KV heads, random init), SFT on N generator-made problems with their worked answers (the
+Per setting: the student shape read from students/demo.yaml (2 layers x 64), with the given
+number of heads and KV heads, random init, SFT on N generator-made problems with their worked answers (the
 task's own stream, disjoint from seeds and eval suite: every prompt coherent, every answer
 right), 2,000 steps of 16 rows, cosine 1e-2 from a 50-step warmup, as the recipe; then greedy
 accuracy on the first ``--eval`` problems of the demo eval suite. One torch thread.
@@ -32,10 +32,13 @@ def ceiling(tokenizer, problems: int, heads: int, steps: int, evals: list[task.P
     held_out = {p.prompt for p in make_data.seed_problems()} | {p.prompt for p in make_data.eval_problems()}
     train = make_data.validation_problems(problems, exclude=held_out)
     examples = [trainlib.encode_example(tokenizer, p.prompt, p.response) for p in train]
-    config = Qwen2Config(vocab_size=-(-len(tokenizer) // 64) * 64, hidden_size=64, intermediate_size=192,
-                         num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=1024, tie_word_embeddings=True, bos_token_id=None,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    import yaml
+
+    shape = {k: v for k, v in yaml.safe_load((ROOT / "students" / "demo.yaml").read_text())["config"].items()
+             if k != "model_type"}
+    shape.update(num_attention_heads=heads, num_key_value_heads=heads)
+    config = Qwen2Config(vocab_size=-(-len(tokenizer) // 64) * 64, bos_token_id=None,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config)
     start = time.time()

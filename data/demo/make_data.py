@@ -88,8 +88,8 @@ def build_tokenizer(out_dir: Path, texts: list[str]):
     # Runtime pre-tokenization: what transformers applies to every Qwen2-typed model directory
     # whatever the file says (digits one by one, a space kept apart from a digit). Written into
     # the file too, so the `tokenizers` library, older transformers and any other reader of
-    # tokenizer.json produce the same ids the teacher was trained on. The merges above were
-    # learnt with the plain byte-level split; the shipped ones are kept as they are.
+    # tokenizer.json produce the same ids the teacher was trained on. No merge above crosses
+    # what this split separates, so it leaves every id of the training split as it was.
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
