@@ -12,8 +12,10 @@ timing it, then checks independently of the pipeline's own code:
 - coherence: the share of synthetic prompts whose question asks about people and things the
   story introduced (``task.is_coherent``; every generated problem passes);
 - teacher / student / seeds-only task scores, parameters and tokens/s from the eval report.
-Then, for ``--curve-seeds``: KD+SFT (--kd-weight 0.5) against SFT only (--kd-weight 0) on the
-same corpus and step budget, a checkpoint every ``--curve-every`` steps scored on the eval
+The pipeline's output goes to ``runs/bench-demo/s<seed>/demo.log``; the time of each of its four
+steps is read from the "(Ns elapsed)" marks it prints.
+Then, for ``--curve-seeds``: KD+SFT (``--kd-weight``, the demo's 0.2 by default, passed to
+``scripts/demo.sh`` too) against SFT only (--kd-weight 0) on the same corpus and step budget, a checkpoint every ``--curve-every`` steps scored on the eval
 suite (greedy): the accuracy-vs-steps plot and the first step at >= 90% of the teacher's score.
 """
 
@@ -121,11 +123,26 @@ def checkpoint_as_model(checkpoint: Path, final: Path, dest: Path) -> Path:
     return dest
 
 
-def run(cmd: list[str], env: dict[str, str] | None = None) -> float:
+def run(cmd: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> float:
     print("$", " ".join(cmd), flush=True)
     start = time.perf_counter()
-    subprocess.run(cmd, check=False, cwd=ROOT, env={**os.environ, **(env or {})})
+    if log is None:
+        subprocess.run(cmd, check=False, cwd=ROOT, env={**os.environ, **(env or {})})
+    else:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as handle:
+            subprocess.run(cmd, check=False, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=handle, stderr=subprocess.STDOUT)
     return time.perf_counter() - start
+
+
+def stage_seconds(log: Path, total: float) -> dict[str, float]:
+    """Seconds per step of scripts/demo.sh, from the "== i/4 ... (Ns elapsed)" marks in its log."""
+    marks = [(m.group(1), int(m.group(2))) for m in re.finditer(r"^== (\d)/4 .*\((\d+)s elapsed\)", log.read_text(), re.M)]
+    names = {"1": "generate_s", "2": "baseline_start_s", "3": "train_s", "4": "eval_s"}
+    ends = [t for _, t in marks[1:]] + [total]
+    out = {names[k]: float(end - t) for (k, t), end in zip(marks, ends)}
+    out.pop("baseline_start_s", None)  # starting the background job: ~0 s
+    return out
 
 
 def synthetic_prompts(corpus: Path) -> list[str]:
@@ -135,13 +152,15 @@ def synthetic_prompts(corpus: Path) -> list[str]:
     return [row.prompt_text for row in open_corpus(corpus).iter_rows() if row.origin.get("source") == "synthetic"]
 
 
-def pipeline(seed: int, base: Path, steps: int, reuse: bool = False) -> dict:
+def pipeline(seed: int, base: Path, steps: int, kd_weight: str, reuse: bool = False) -> dict:
     out = base / f"s{seed}"
     report_path = out / "eval" / "report.json"
     if reuse and report_path.exists():  # an earlier run: its wall time from the files it wrote
         seconds = report_path.stat().st_mtime - (out / "corpus" / "run.json").stat().st_mtime
     else:
-        seconds = run(["bash", "scripts/demo.sh"], {"RUN": str(out), "SEED": str(seed), "STEPS": str(steps)})
+        seconds = run(["bash", "scripts/demo.sh"], {"RUN": str(out), "SEED": str(seed), "STEPS": str(steps), "KD": kd_weight},
+                      log=out.parent / f"{out.name}.log")
+    stages = stage_seconds(out.parent / f"{out.name}.log", seconds) if (out.parent / f"{out.name}.log").exists() else {}
     report = json.loads(report_path.read_text())["models"]
     synthetic = synthetic_prompts(out / "corpus")
     manifest = json.loads((out / "corpus" / "manifest.json").read_text())
@@ -149,7 +168,7 @@ def pipeline(seed: int, base: Path, steps: int, reuse: bool = False) -> dict:
     pairs, in_pairs = near_duplicates(synthetic)
     m = {name: report[name] for name in ("teacher", "student", "seeds_only")}
     return {
-        "seed": seed, "pipeline_s": seconds, "accepted": len(synthetic),
+        "seed": seed, "pipeline_s": seconds, **stages, "accepted": len(synthetic),
         "rejected": (manifest.get("augmentation") or {}).get("rejected", {}),
         "near_dup_pairs": pairs, "near_dup_share": in_pairs / max(1, len(synthetic)),
         "contaminated": ngram_overlap(synthetic, suite),
@@ -169,12 +188,12 @@ def wait_for(path: Path) -> None:
         time.sleep(10)
 
 
-def curve(seed: int, base: Path, steps: int, every: int) -> dict:
+def curve(seed: int, base: Path, steps: int, every: int, kd_weight: str) -> dict:
     suite = read_jsonl(ROOT / "eval" / "demo.jsonl")
     corpus = base / f"s{seed}" / "corpus"
     wait_for(corpus / "manifest.json")
     arms = {}
-    for name, weight in (("kd+sft", "0.5"), ("sft", "0")):
+    for name, weight in (("kd+sft", kd_weight), ("sft", "0")):
         out = base / f"s{seed}" / f"curve-{name.replace('+', '_')}"
         run([sys.executable, "-m", "distill", "train", "--student", "demo", "--corpus", str(corpus), "--out", str(out),
              "--kd-weight", weight, "--max-steps", str(steps), "--seed", str(seed), "--save-every", str(every),
@@ -207,16 +226,20 @@ def main() -> None:
     parser.add_argument("--curve-seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--steps", type=int, default=int(os.environ.get("STEPS", 2000)))
     parser.add_argument("--curve-every", type=int, default=250)
+    parser.add_argument("--kd-weight", default="0.2", help="KD weight of the pipeline's student and of the curve's KD+SFT arm")
     parser.add_argument("--base", default="runs/bench-demo")
     parser.add_argument("--reuse", action="store_true", help="reuse finished runs under --base instead of re-running them")
     parser.add_argument("--out", default=str(ROOT / "bench" / "demo.md"))
     args = parser.parse_args()
     base = ROOT / args.base
 
-    results = [pipeline(seed, base, args.steps, args.reuse) for seed in args.seeds]
-    curves = {seed: curve(seed, base, args.steps, args.curve_every) for seed in args.curve_seeds}
+    results = [pipeline(seed, base, args.steps, args.kd_weight, args.reuse) for seed in args.seeds]
+    curves = {seed: curve(seed, base, args.steps, args.curve_every, args.kd_weight) for seed in args.curve_seeds}
 
     keys = [("pipeline_s", "pipeline wall time, s (scripts/demo.sh, no install)"),
+            ("generate_s", "  of which 1/4 generate (augment + answer)"),
+            ("train_s", "  of which 2-3/4 student and baseline training, side by side"),
+            ("eval_s", "  of which 4/4 eval"),
             ("accepted", "accepted synthetic prompts"),
             ("near_dup_share", "share of prompts in a char-5-gram Jaccard >= 0.8 pair"),
             ("near_dup_pairs", "such pairs"),
@@ -231,11 +254,13 @@ def main() -> None:
     lines = [f"# Demo benchmark ({date.today().isoformat()})", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}, Python {platform.python_version()}; "
              f"one run per seed (timings on a shared machine vary from run to run).", "",
-             f"`python bench/demo.py --seeds {' '.join(map(str, args.seeds))} --steps {args.steps}`: "
+             f"`python bench/demo.py --seeds {' '.join(map(str, args.seeds))} --steps {args.steps} --kd-weight {args.kd_weight}`: "
              f"`scripts/demo.sh` per seed, then independent checks (see the script's docstring).", "",
              "| figure | " + " | ".join(f"seed {r['seed']}" for r in results) + " | mean ± sd |",
              "| --- |" + " --- |" * (len(results) + 1)]
     for key, label in keys if results else []:
+        if not all(key in r for r in results):
+            continue
         values = [float(r[key]) for r in results]
         lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" if isinstance(r[key], float) else str(r[key])
                                                  for v, r in zip(values, results)) + f" | {mean_sd(values)} |")

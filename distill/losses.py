@@ -198,11 +198,14 @@ def cross_entropy_sum(logprobs: torch.Tensor, targets: torch.Tensor, mask: torch
 # ----------------------------------------------------------------------------- KD + CE on logits
 
 class LossSums(NamedTuple):
-    """Sums over the positions given. ``total`` carries the gradient; ``kd`` and ``ce`` are detached."""
+    """Sums over the positions given. ``total`` carries the gradient; ``kd`` and ``ce`` are detached.
+    ``prompt_ce`` (detached) is the CE summed over prompt tokens when a prompt loss is trained
+    (its weighted share is already in ``total``)."""
 
     total: torch.Tensor
     kd: torch.Tensor
     ce: torch.Tensor
+    prompt_ce: torch.Tensor | None = None
 
 
 def kd_ce_sums(

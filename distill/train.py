@@ -54,6 +54,8 @@ class TrainConfig:
     out: str = field("", help="output directory (checkpoints, metrics, final model)")
     tokenizer: str | None = field(None, help="tokenizer dir or id overriding the student's")
     kd_weight: float = field(0.5, help="loss = kd_weight * KD + (1 - kd_weight) * CE; 0 = plain SFT")
+    prompt_loss_weight: float = field(0.0, help="also train next-token CE on the prompt's tokens, each weighted this "
+                                                "much against a response token (0 = response tokens only)")
     divergence: str = field("forward_kl", help="forward_kl | reverse_kl | jsd | skew_kl | skew_reverse_kl | tvd")
     kd_temperature: float = field(1.0, help="softens both (k+1)-bin distributions; KD is scaled by T^2")
     jsd_beta: float = field(0.5, help="beta of the generalized JSD (0 forward-like, 1 reverse-like)")
@@ -105,6 +107,8 @@ class TrainConfig:
             bad("out", "required")
         if not 0.0 <= self.kd_weight <= 1.0:
             bad("kd-weight", f"must be in [0, 1], got {self.kd_weight}")
+        if not self.prompt_loss_weight >= 0.0:
+            bad("prompt-loss-weight", f"must be >= 0, got {self.prompt_loss_weight}")
         if self.divergence not in DIVERGENCES:
             bad("divergence", f"unknown {self.divergence!r}; choose one of {', '.join(DIVERGENCES)}")
         if not self.kd_temperature > 0:
@@ -386,19 +390,26 @@ def _student_with_loss_cls():
             return self.model.get_base_model() if hasattr(self.model, "peft_config") else self.model
 
         def forward(self, input_ids, positions, targets, attention_mask=None, position_ids=None, topk_ids=None,
-                    topk_logprobs=None, kd_weight: float = 0.0, evaluation: bool = False):
+                    topk_logprobs=None, kd_weight: float = 0.0, evaluation: bool = False, prompt_positions=None,
+                    prompt_targets=None, prompt_loss_weight: float = 0.0):
             base = self.base()
             if position_ids is not None and self.flatten_packed:
                 # [S, L] -> [1, S*L]: every row still starts at position 0, and flat positions are unchanged
                 input_ids, position_ids = input_ids.reshape(1, -1), position_ids.reshape(1, -1)
             hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                         use_cache=False).last_hidden_state
-            hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
+            flat = hidden.reshape(-1, hidden.shape[-1])
             options = {"divergence_name": "forward_kl", "temperature": 1.0} if evaluation else self.loss_options
-            return chunked_head_loss(
-                hidden, base.get_output_embeddings(), targets, topk_ids, topk_logprobs,
+            sums = chunked_head_loss(
+                flat.index_select(0, positions), base.get_output_embeddings(), targets, topk_ids, topk_logprobs,
                 kd_weight=kd_weight, chunk_size=self.chunk_size, **options,
             )
+            if evaluation or prompt_positions is None or prompt_loss_weight <= 0:
+                return sums
+            # Prompt tokens: plain next-token CE (the corpus has no teacher distribution there).
+            prompt = chunked_head_loss(flat.index_select(0, prompt_positions), base.get_output_embeddings(),
+                                       prompt_targets, None, None, kd_weight=0.0, chunk_size=self.chunk_size)
+            return sums._replace(total=sums.total + prompt_loss_weight * prompt.total, prompt_ce=prompt.ce)
 
     return StudentWithLoss
 
@@ -672,14 +683,15 @@ def _train(config, accelerator, corpus, tokenizer, source, model_config, kd_weig
     stats = train_data.VocabStats(vocab_size=int(model_config.vocab_size))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collate_kwargs = {"max_seq_len": config.max_seq_len, "pad_id": int(pad_id), "top_k": corpus.top_k,
-                      "stats": stats, "log": say}
+                      "stats": stats, "log": say, "prompt_loss": config.prompt_loss_weight > 0}
     eval_batches = []
     if len(held_out):
         reader = train_data.RowReader(corpus)
         rows = [reader.row(int(i)) for i in held_out]
         rows.sort(key=lambda r: len(r.prompt_ids) + len(r.response_ids))
         per = max(1, (config.tokens_per_batch or config.max_seq_len * (config.batch_size or 1)) // config.max_seq_len)
-        eval_batches = [train_data.collate(rows[i:i + per], **collate_kwargs) for i in range(0, len(rows), per)]
+        eval_batches = [train_data.collate(rows[i:i + per], **{**collate_kwargs, "prompt_loss": False})
+                        for i in range(0, len(rows), per)]
 
     def to_device(batch):
         return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()
@@ -770,10 +782,11 @@ def _train(config, accelerator, corpus, tokenizer, source, model_config, kd_weig
         local_slots = sum(m["input_ids"].numel() for m in micro)
         global_tokens, global_inputs, global_slots = reduce_sum([local_tokens, local_inputs, local_slots])
         scale = scale_factor / max(global_tokens, 1.0)
-        kd_sum = ce_sum = total_sum = 0.0
+        kd_sum = ce_sum = total_sum = prompt_sum = 0.0
+        local_prompt = sum(int(m["prompt_targets"].numel()) for m in micro if "prompt_targets" in m)
         for batch in micro:
             with accelerator.accumulate(wrapper):
-                sums = wrapper(**to_device(batch), kd_weight=kd_weight)
+                sums = wrapper(**to_device(batch), kd_weight=kd_weight, prompt_loss_weight=config.prompt_loss_weight)
                 accelerator.backward(sums.total * scale)
                 if accelerator.sync_gradients and config.max_grad_norm > 0 and not config.deepspeed:
                     accelerator.clip_grad_norm_(params, config.max_grad_norm)
@@ -782,13 +795,16 @@ def _train(config, accelerator, corpus, tokenizer, source, model_config, kd_weig
             kd_sum += float(sums.kd)
             ce_sum += float(sums.ce)
             total_sum += float(sums.total.detach())
-        kd_sum, ce_sum, total_sum = reduce_sum([kd_sum, ce_sum, total_sum])
+            prompt_sum += float(sums.prompt_ce) if sums.prompt_ce is not None else 0.0
+        kd_sum, ce_sum, total_sum, prompt_sum, global_prompt = reduce_sum([kd_sum, ce_sum, total_sum, prompt_sum, local_prompt])
         step += 1
         elapsed = time.perf_counter() - t0
         n = max(global_tokens, 1.0)
         last = {"step": step, "epoch": cur_epoch, "loss": total_sum / n, "kd": kd_sum / n, "ce": ce_sum / n,
                 "lr": lr, "response_tokens": int(global_tokens), "tokens_per_s": global_inputs / elapsed,
                 "padding_share": 1.0 - global_inputs / max(global_slots, 1.0), "step_time_s": elapsed}
+        if config.prompt_loss_weight > 0:
+            last["prompt_ce"] = prompt_sum / max(global_prompt, 1.0)
         log_metrics(last)
         bar.update(1)
         bar.set_postfix(loss=f"{last['loss']:.4f}", kd=f"{last['kd']:.4f}", ce=f"{last['ce']:.4f}",

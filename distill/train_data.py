@@ -243,14 +243,30 @@ def _targets_and_teacher(kept: list, spans: list, positions: list, top_k: int, s
     return batch
 
 
-def collate(rows: list, *, max_seq_len: int, pad_id: int, top_k: int, stats: VocabStats, log=print) -> dict[str, Any]:
+def _prompt_targets(kept: list, starts: list) -> dict[str, Any]:
+    """Flat positions and targets of the prompt tokens after the first (``--prompt-loss-weight``):
+    the input at position j of a row predicts prompt token j + 1; ``starts`` are the rows' flat
+    offsets of their first input token."""
+    import torch
+
+    positions = [start + np.arange(len(row.prompt_ids) - 1) for row, start in zip(kept, starts)]
+    targets = [np.asarray(row.prompt_ids[1:]) for row in kept]
+    return {
+        "prompt_positions": torch.from_numpy(np.concatenate(positions).astype(np.int64) if positions else np.zeros(0, np.int64)),
+        "prompt_targets": torch.from_numpy(np.concatenate(targets).astype(np.int64) if targets else np.zeros(0, np.int64)),
+    }
+
+
+def collate(rows: list, *, max_seq_len: int, pad_id: int, top_k: int, stats: VocabStats, log=print,
+            prompt_loss: bool = False) -> dict[str, Any]:
     """CorpusRows -> tensors for one padded micro-batch.
 
     Returns input_ids/attention_mask [B, L]; position_ids None (the model counts from 0);
     positions [N] (flat indices into B*L of the response positions); targets [N]; topk_ids [N, k]
     int64 and topk_logprobs [N, k] float32 (None for a black-box corpus); num_tokens N;
     num_input_tokens (non-pad inputs). Teacher ids >= the student vocabulary are kept and become
-    absent bins in the loss (their mass joins the tail); they are counted here.
+    absent bins in the loss (their mass joins the tail); they are counted here. With
+    ``prompt_loss`` also prompt_positions/prompt_targets [P] (see ``_prompt_targets``).
     """
     import torch
 
@@ -268,11 +284,13 @@ def collate(rows: list, *, max_seq_len: int, pad_id: int, top_k: int, stats: Voc
     batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention),
              "position_ids": None, **_targets_and_teacher(kept, spans, positions, top_k, stats, log)}
     batch["num_input_tokens"] = int(attention.sum())
+    if prompt_loss:
+        batch.update(_prompt_targets(kept, [b * input_ids.shape[1] for b in range(len(kept))]))
     return batch
 
 
 def collate_packed(sequences: list[list], *, max_seq_len: int, pad_id: int, top_k: int, stats: VocabStats,
-                   log=print) -> dict[str, Any]:
+                   log=print, prompt_loss: bool = False) -> dict[str, Any]:
     """Packed sequences (each a list of CorpusRows whose inputs fit max_seq_len) -> tensors.
 
     Returns input_ids/position_ids [S, L] with position_ids restarting at 0 at every row;
@@ -289,7 +307,7 @@ def collate_packed(sequences: list[list], *, max_seq_len: int, pad_id: int, top_
     width = max([sum(p + t - 1 for p, t in spans) for _, spans in layout], default=0)
     input_ids = np.full((len(layout), max(width, 1)), pad_id, dtype=np.int64)
     position_ids = np.zeros_like(input_ids)
-    all_kept, all_spans, positions = [], [], []
+    all_kept, all_spans, positions, row_starts = [], [], [], []
     for s, (kept, spans) in enumerate(layout):
         start = 0
         for row, (p, t) in zip(kept, spans):
@@ -297,6 +315,7 @@ def collate_packed(sequences: list[list], *, max_seq_len: int, pad_id: int, top_
             input_ids[s, start:start + n] = np.concatenate([row.prompt_ids, row.response_ids[: t - 1]])
             position_ids[s, start:start + n] = np.arange(n)
             positions.append(s * input_ids.shape[1] + start + np.arange(p - 1, p - 1 + t))
+            row_starts.append(s * input_ids.shape[1] + start)
             start += n
         assert start <= max_seq_len, (start, max_seq_len)
         position_ids[s, start:] = np.arange(input_ids.shape[1] - start)
@@ -306,6 +325,8 @@ def collate_packed(sequences: list[list], *, max_seq_len: int, pad_id: int, top_
              "position_ids": torch.from_numpy(position_ids),
              **_targets_and_teacher(all_kept, all_spans, positions, top_k, stats, log)}
     batch["num_input_tokens"] = sum(p + t - 1 for p, t in all_spans)
+    if prompt_loss:
+        batch.update(_prompt_targets(all_kept, row_starts))
     return batch
 
 

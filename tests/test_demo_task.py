@@ -183,3 +183,44 @@ def test_generate_responses_reference_scores_the_labelled_answers(tiny_teacher_d
                                              "out": str(tmp_path / "d"), "responses": "reference", "progress": False})
     with pytest.raises(ConfigError, match="reference"):
         run(bad)
+
+
+def test_grow_depth_keeps_what_the_model_computes_and_trains_every_layer(tmp_path):
+    """train_teacher.grow_depth (8 -> 12 layers for the shipped teacher): the grown model gives
+    the same logits and the same cached greedy continuation, its new layers sit between the old
+    ones, it saves and reloads as a plain Qwen2, and one optimizer step moves the new layers."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    sys.path.insert(0, str(ROOT / "teachers" / "demo"))
+    import train_teacher
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
+                         bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    model = Qwen2ForCausalLM(config).eval()
+    ids = torch.randint(1, 64, (2, 12))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        continuation = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False)
+    old = list(model.model.layers)
+    grown = train_teacher.grow_depth(model, 6).eval()
+    layers = list(grown.model.layers)
+    assert len(layers) == grown.config.num_hidden_layers == 6
+    assert [layers.index(layer) for layer in old] == [0, 1, 3, 4]  # a new layer after every second old one
+    assert [layer.self_attn.layer_idx for layer in layers] == list(range(6))
+    with torch.no_grad():
+        torch.testing.assert_close(grown(input_ids=ids).logits, before, atol=0, rtol=0)
+        assert torch.equal(grown.generate(input_ids=ids, max_new_tokens=6, do_sample=False), continuation)
+    grown.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert reloaded.config.num_hidden_layers == 6
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, before, atol=0, rtol=0)
+    reloaded.train()
+    optimizer = torch.optim.AdamW(reloaded.parameters(), lr=1e-2)
+    reloaded(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    assert reloaded.model.layers[1].self_attn.o_proj.weight.abs().sum() > 0
+    assert reloaded.model.layers[4].mlp.down_proj.weight.abs().sum() > 0

@@ -99,6 +99,39 @@ def build_model(tokenizer, seed: int):
     return model
 
 
+def grow_depth(model, layers: int):
+    """Deepen a trained decoder to ``layers`` layers without changing what it computes: each new
+    layer is a copy of the layer below it with its two output projections (attention o_proj, MLP
+    down_proj) zeroed, so it adds nothing to the residual stream until training moves those
+    weights. New layers are spread evenly (8 -> 12: one after every second layer)."""
+    import copy
+
+    import torch
+
+    old = list(model.model.layers)
+    extra = layers - len(old)
+    if extra <= 0:
+        return model
+    after = {round((i + 1) * len(old) / extra) - 1 for i in range(extra)}  # insert after these layers
+    assert len(after) == extra, (len(old), layers)
+    grown = []
+    for i, layer in enumerate(old):
+        grown.append(layer)
+        if i in after:
+            new = copy.deepcopy(layer)
+            with torch.no_grad():
+                new.self_attn.o_proj.weight.zero_()
+                new.mlp.down_proj.weight.zero_()
+            grown.append(new)
+    for index, layer in enumerate(grown):
+        layer.self_attn.layer_idx = index  # the KV cache is indexed by it
+    model.model.layers = torch.nn.ModuleList(grown)
+    model.config.num_hidden_layers = layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[0]] * layers
+    return model
+
+
 def task_accuracy(model, tokenizer, problems: list[task.Problem]) -> float:
     outputs = trainlib.greedy(model, tokenizer, [p.prompt for p in problems])
     return sum(task.extract_answer(o) == p.answer for o, p in zip(outputs, problems)) / len(problems)
@@ -139,9 +172,12 @@ def main() -> None:
     parser.add_argument("--schedule", choices=["constant", "cosine"], default="constant")
     parser.add_argument("--hidden-size", type=int, default=MODEL["hidden_size"])
     parser.add_argument("--intermediate-size", type=int, default=MODEL["intermediate_size"])
+    parser.add_argument("--layers", type=int, default=MODEL["num_hidden_layers"])
     parser.add_argument("--pretrain-steps", type=int, default=1500,
                         help="first train this many steps on plain prompt text (3 problems per row, loss on all; 0: skip)")
     parser.add_argument("--pretrain-lr", type=float, default=6e-3)
+    parser.add_argument("--grow-to", type=int, default=0,
+                        help="after pretraining, deepen the model to this many layers (grow_depth) before the task phase")
     args = parser.parse_args()
 
     import torch
@@ -163,7 +199,8 @@ def main() -> None:
     print(f"{len(examples)} examples ({args.augment_examples} augmentation), "
           f"{sum(len(a) + len(b) for a, b in examples) / len(examples):.0f} tokens each on average", flush=True)
 
-    MODEL.update(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size)
+    MODEL.update(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
+                 num_hidden_layers=args.layers)
     if args.init:
         from transformers import AutoModelForCausalLM
 
@@ -199,6 +236,10 @@ def main() -> None:
         if args.save_every:
             model.save_pretrained(Path(args.out) / "pretrained")
             tokenizer.save_pretrained(Path(args.out) / "pretrained")
+
+    if args.grow_to:
+        model = grow_depth(model, args.grow_to)
+        print(f"grown to {args.grow_to} layers: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
 
     # A constant learning rate after warmup: the weights after S steps are the same whatever
     # --steps is, so a run can be stopped at any saved step and still be reproduced exactly.
