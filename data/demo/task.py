@@ -14,7 +14,7 @@ is a chain of one or two one-operation steps, one per line, and a final ``Answer
     7 - 2 = 5
     Answer: 5
 
-At most two steps: the demo student is a 2-layer model (its speed budget against the 8-layer
+At most two steps: the demo student is a 2-layer model (its speed budget against the
 teacher), and two-layer students trained on three-step chains stalled far below the teacher on
 them (38% on the three-step problems of an earlier version of this task after 6,000 steps, while
 91-96% on the one- and two-step ones), so three-step chains would measure the student's depth, not

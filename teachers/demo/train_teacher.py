@@ -14,7 +14,15 @@ Two phases, like a base model that is then instruction-tuned:
    copy the name. Without this phase no 8-layer teacher did (bench/teacher_names.md: its
    probability of the right name stayed at 1/40, and ~85% of the prompts it wrote asked about
    someone the story never mentioned); after it, 83% of the prompts it writes are coherent.
-2. ``--steps`` (2,700) on the task and augmentation examples below, constant ``--lr`` (3e-3).
+2. ``--grow-to`` (12): the 8-layer model is deepened to 12 layers without changing what it
+   computes (``grow_depth``: each new layer a copy of the one below with its output projections
+   zeroed, one after every second layer; "progressive stacking"), then every layer trains in
+   phase 3. Why: the student is 2 layers, and on a CPU a small model's time per token grows with
+   its layer count, not its width; against 8 teacher layers the student was only 2.3-3.2x faster
+   per token, against 12 it is ~3.8x. A 12-layer model trained from scratch the same way did not
+   learn to copy names in the pretraining phase (16.5% coherent prompts at phase-3 steps 900 and
+   1,800; bench/teacher_names.md); grown from the 8-layer one it keeps what that phase taught.
+3. ``--steps`` (2,700) on the task and augmentation examples below, constant ``--lr`` (3e-3).
 
 The shipped weights: these defaults, 1 torch thread (first run with ``--save-every 500``, 31
 minutes with another job beside it; a rerun without probes, 21 minutes, a CI run beside it for the
@@ -54,8 +62,9 @@ import make_data  # noqa: E402
 import task  # noqa: E402
 import trainlib  # noqa: E402
 
-# The teacher: 8 layers make it several times slower per token than the 2-layer demo student;
-# ~0.9M parameters (3.6 MB of fp32 safetensors) train on 2 CPU cores in under an hour.
+# The teacher is pretrained at 8 layers x 96 and grown to 12 (--grow-to) before the task phase:
+# 1.32M parameters (5.3 MB of fp32 safetensors), several times slower per token than the 2-layer
+# demo student; it trains on one CPU core in about 35 minutes.
 MODEL = dict(hidden_size=96, intermediate_size=256, num_hidden_layers=8, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=1024)
 
@@ -132,6 +141,17 @@ def grow_depth(model, layers: int):
     return model
 
 
+def copy_tokenizer(out: Path) -> None:
+    """The tokenizer files exactly as data/demo/make_data.py wrote them (``save_pretrained`` would
+    re-serialise them differently), unless ``out`` is the shipped folder itself."""
+    import shutil
+
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        source, target = HERE / "model" / name, out / name
+        if source.exists() and target.resolve() != source.resolve():
+            shutil.copyfile(source, target)
+
+
 def task_accuracy(model, tokenizer, problems: list[task.Problem]) -> float:
     outputs = trainlib.greedy(model, tokenizer, [p.prompt for p in problems])
     return sum(task.extract_answer(o) == p.answer for o, p in zip(outputs, problems)) / len(problems)
@@ -176,7 +196,7 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=1500,
                         help="first train this many steps on plain prompt text (3 problems per row, loss on all; 0: skip)")
     parser.add_argument("--pretrain-lr", type=float, default=6e-3)
-    parser.add_argument("--grow-to", type=int, default=0,
+    parser.add_argument("--grow-to", type=int, default=12,
                         help="after pretraining, deepen the model to this many layers (grow_depth) before the task phase")
     args = parser.parse_args()
 
@@ -235,7 +255,7 @@ def main() -> None:
                        pad_id=tokenizer.pad_token_id, seed=args.seed, cosine=True)
         if args.save_every:
             model.save_pretrained(Path(args.out) / "pretrained")
-            tokenizer.save_pretrained(Path(args.out) / "pretrained")
+            copy_tokenizer(Path(args.out) / "pretrained")
 
     if args.grow_to:
         model = grow_depth(model, args.grow_to)
@@ -250,8 +270,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    summary = {"pretrain_steps": args.pretrain_steps, "pretrain_lr": args.pretrain_lr, "steps": args.steps,
+    copy_tokenizer(out)
+    summary = {"pretrain_steps": args.pretrain_steps, "pretrain_lr": args.pretrain_lr,
+               "layers": model.config.num_hidden_layers, "grown_from": args.layers if args.grow_to > args.layers else None,
+               "steps": args.steps,
                "lr": args.lr, "batch_size": args.batch_size, "examples": len(examples),
                "parameters": sum(p.numel() for p in model.parameters()),
                "eval_accuracy_greedy": accuracy, "seconds": round(train_seconds), "threads": args.threads,
