@@ -7,7 +7,7 @@ new task prompts when given the augmentation meta-prompt, like an instruct teach
 Deterministic on CPU for a fixed torch build and thread count (seeded data, init and batch
 order). Running time and the measured accuracy are in docs/demo.md.
 
-Two phases, like a base model that is then instruction-tuned:
+Three stages, like a base model that is grown and then instruction-tuned:
 1. ``--pretrain-steps`` (1,500) on plain prompt text: rows of three "Prompt: <problem>" lines, no
    chat template, loss on every token, cosine from ``--pretrain-lr`` (6e-3). Here the model learns
    the prompt language, above all that a question names the people of its story: it learns to
@@ -17,25 +17,25 @@ Two phases, like a base model that is then instruction-tuned:
 2. ``--grow-to`` (12): the 8-layer model is deepened to 12 layers without changing what it
    computes (``grow_depth``: each new layer a copy of the one below with its output projections
    zeroed, one after every second layer; "progressive stacking"), then every layer trains in
-   phase 3. Why: the student is 2 layers, and on a CPU a small model's time per token grows with
+   stage 3. Why: the student is 2 layers, and on a CPU a small model's time per token grows with
    its layer count, not its width; against 8 teacher layers the student was only 2.3-3.2x faster
-   per token, against 12 it is ~3.8x. A 12-layer model trained from scratch the same way did not
-   learn to copy names in the pretraining phase (16.5% coherent prompts at phase-3 steps 900 and
-   1,800; bench/teacher_names.md); grown from the 8-layer one it keeps what that phase taught.
+   per token, against 12 it is ~3.9x. A 12-layer model trained from scratch the same way did not
+   learn to copy names in the pretraining phase (16.5% coherent prompts at steps 900 and 1,800 of
+   the task phase; bench/teacher_names.md); grown from the 8-layer one it keeps what it learnt.
 3. ``--steps`` (2,700) on the task and augmentation examples below, constant ``--lr`` (3e-3).
 
-The shipped weights: these defaults, 1 torch thread (first run with ``--save-every 500``, 31
-minutes with another job beside it; a rerun without probes, 21 minutes, a CI run beside it for the
-first 4, gave the same safetensors bytes); 97.0% greedy on the 600 suite prompts; the in-run probes
-(below) read, at steps 500 / 1,000 / 1,500 / 2,000 / 2,500 of phase 2, validation accuracy 20.8 /
-76.2 / 81.5 / 86.5 / 91.0% and coherent written prompts 72.5 / 80.2 / 81.0 / 62.8 / 84.9%.
+The shipped weights: these defaults, 1 torch thread, 1,899 s with another training job on the
+other core, the same safetensors bytes as the first training (pretraining, then ``--init`` from
+its grown copy with ``--save-every 900``); 98.2% greedy on the 600 suite prompts; the probes read,
+at steps 900 / 1,800 of stage 3, validation accuracy 65.5 / 90.8% and coherent written prompts
+71.6 / 80.3%.
 
 With ``--save-every N`` each saved checkpoint is also probed for the teacher's two jobs: task
 accuracy on 600 validation problems (a generator stream of its own, disjoint from seeds, eval
 suite and training problems), and prompt writing: 40 augmentation requests sampled at
 temperature 1, the share of written prompts that ``task.is_coherent`` accepts (the question asks
 about people and things the story introduced). ``--schedule cosine``, ``--init DIR`` (continue
-from a model) and ``--hidden-size``/``--intermediate-size`` exist for experiments; their
+from a model) and ``--hidden-size``/``--intermediate-size``/``--layers`` exist for experiments; their
 outcomes are in bench/teacher_names.md. The defaults rebuild the shipped weights.
 
 Training data (all from the task generator's own stream, never a seed or eval prompt):
