@@ -149,7 +149,7 @@ def test_shipped_teacher_answers_eval_prompts_through_the_hf_backend():
     finally:
         teacher.close()
     correct = sum(task.extract_answer(outputs[str(i)].text) == int(r["reference"]) for i, r in enumerate(rows))
-    # The shipped teacher scores 97.0% on the whole suite (docs/demo.md); on these 24 prompts it
+    # The shipped teacher scores 98.2% on the whole suite (docs/demo.md); on these 24 prompts it
     # must be well above the 90% the demo promises (chance is ~1/10).
     assert correct >= 21, f"{correct}/24 correct"
     assert sum(task.extract_answer(outputs[str(i)].text) is not None for i in range(len(rows))) >= 22
