@@ -212,8 +212,9 @@ def test_chunked_equals_unchunked(name, kd_weight, mode):
     grads_full = torch.autograd.grad(full.total, [hidden, head.weight])
     chunked = losses.chunked_head_loss(hidden, head, targets, t_lp.indices, t_lp.values, chunk_size=5, mode=mode, **kwargs)
     grads_chunked = torch.autograd.grad(chunked.total, [hidden, head.weight])
-    for a, b in zip(full, chunked):
-        assert a.item() == pytest.approx(b.item(), rel=1e-5)
+    for field in ("total", "kd", "ce"):
+        assert getattr(full, field).item() == pytest.approx(getattr(chunked, field).item(), rel=1e-5)
+    assert full.prompt_ce is None and chunked.prompt_ce is None  # no prompt loss here
     for a, b in zip(grads_full, grads_chunked):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
