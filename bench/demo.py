@@ -12,7 +12,7 @@ timing it, then checks independently of the pipeline's own code:
 - coherence: the share of synthetic prompts whose question asks about people and things the
   story introduced (``task.is_coherent``; every generated problem passes);
 - teacher / student / seeds-only task scores, parameters and tokens/s from the eval report.
-The pipeline's output goes to ``runs/bench-demo/s<seed>/demo.log``; the time of each of its four
+The pipeline's output goes to ``runs/bench-demo/s<seed>.log``; the time of each of its four
 steps is read from the "(Ns elapsed)" marks it prints.
 Then, for ``--curve-seeds``: KD+SFT (``--kd-weight``, the demo's 0.2 by default, passed to
 ``scripts/demo.sh`` too) against SFT only (--kd-weight 0) on the same corpus and step budget, a checkpoint every ``--curve-every`` steps scored on the eval

@@ -257,6 +257,7 @@ def main() -> None:
             model.save_pretrained(Path(args.out) / "pretrained")
             copy_tokenizer(Path(args.out) / "pretrained")
 
+    layers_before = model.config.num_hidden_layers
     if args.grow_to:
         model = grow_depth(model, args.grow_to)
         print(f"grown to {args.grow_to} layers: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
@@ -272,7 +273,7 @@ def main() -> None:
     model.save_pretrained(out)
     copy_tokenizer(out)
     summary = {"pretrain_steps": args.pretrain_steps, "pretrain_lr": args.pretrain_lr,
-               "layers": model.config.num_hidden_layers, "grown_from": args.layers if args.grow_to > args.layers else None,
+               "layers": model.config.num_hidden_layers, "grown_from": layers_before if model.config.num_hidden_layers > layers_before else None,
                "steps": args.steps,
                "lr": args.lr, "batch_size": args.batch_size, "examples": len(examples),
                "parameters": sum(p.numel() for p in model.parameters()),
