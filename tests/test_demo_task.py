@@ -224,3 +224,53 @@ def test_grow_depth_keeps_what_the_model_computes_and_trains_every_layer(tmp_pat
     optimizer.step()
     assert reloaded.model.layers[1].self_attn.o_proj.weight.abs().sum() > 0
     assert reloaded.model.layers[4].mlp.down_proj.weight.abs().sum() > 0
+
+
+def test_writing_phase_from_a_saved_model_is_the_phase_run_in_process(tmp_path):
+    """The shipped teacher's last phase (``--writing-steps``) was run with ``--init`` from the saved
+    task-phase weights; the script's defaults run it in the same process. Both must give the same
+    bytes: trainlib.train reseeds torch and draws its batches from its own seed, and a saved fp32
+    model reloads exactly."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    sys.path.insert(0, str(DEMO))
+    import trainlib
+
+    rng = random.Random(0)
+    rows = [([1] + [rng.randrange(2, 64) for _ in range(rng.randrange(3, 9))], [rng.randrange(2, 64) for _ in range(4)])
+            for _ in range(40)]
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
+                         bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config)
+    trainlib.train(model, rows, steps=3, batch_size=4, lr=1e-2, pad_id=0, seed=0, warmup=1, log_every=100)
+    model.save_pretrained(tmp_path / "phase3")
+    trainlib.train(model, rows[:20], steps=4, batch_size=4, lr=1e-3, pad_id=0, seed=1, warmup=1, cosine=False, log_every=100)
+    resumed = AutoModelForCausalLM.from_pretrained(tmp_path / "phase3")
+    trainlib.train(resumed, rows[:20], steps=4, batch_size=4, lr=1e-3, pad_id=0, seed=1, warmup=1, cosine=False, log_every=100)
+    for (name, a), (_, b) in zip(model.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_teacher_script_runs_every_phase_and_checks_its_flags(tmp_path):
+    """train_teacher.py end to end at toy sizes (pretraining, growth, task phase, writing phase):
+    the summary records the phases; a task share of 1 in the writing phase is refused by name."""
+    script = ROOT / "teachers" / "demo" / "train_teacher.py"
+    out = tmp_path / "teacher"
+    small = ["--task-examples", "64", "--augment-examples", "4", "--pretrain-steps", "2", "--layers", "2", "--grow-to", "3",
+             "--steps", "2", "--writing-steps", "2", "--writing-examples", "4", "--hidden-size", "32",
+             "--intermediate-size", "64", "--batch-size", "4"]
+    done = subprocess.run([sys.executable, str(script), "--out", str(out), *small], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "writing phase: 2 steps on 4 fresh augmentation examples and 4 task examples" in done.stdout
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert (summary["layers"], summary["grown_from"], summary["steps"], summary["writing_steps"]) == (3, 2, 2, 2)
+    assert (summary["writing_examples"], summary["writing_task_share"]) == (4, 0.5)
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    bad = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "x"), "--writing-task-share", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--writing-task-share must be in [0, 1), got 1.0" in bad.stderr

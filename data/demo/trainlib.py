@@ -77,6 +77,7 @@ def train(model, examples, *, steps: int, batch_size: int, lr: float, pad_id: in
     then the model after S steps does not depend on ``steps``). Returns the losses."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
+    device = next(model.parameters()).device
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
@@ -90,7 +91,7 @@ def train(model, examples, *, steps: int, batch_size: int, lr: float, pad_id: in
     losses, pending, step, start = [], [], 0, time.time()
     while step < steps:
         for indices in _batches(examples, batch_size, rng):
-            input_ids, labels, attention = collate(examples, indices, pad_id)
+            input_ids, labels, attention = (t.to(device) for t in collate(examples, indices, pad_id))
             loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -123,7 +124,8 @@ def greedy(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 64
         width = max(map(len, rows))
         input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
         attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
+        device = next(model.parameters()).device
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), max_new_tokens=max_new_tokens,
                              do_sample=do_sample, temperature=temperature if do_sample else None, top_p=None, top_k=None,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id)
         outputs += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)

@@ -198,7 +198,16 @@ def main() -> None:
     parser.add_argument("--pretrain-lr", type=float, default=6e-3)
     parser.add_argument("--grow-to", type=int, default=12,
                         help="after pretraining, deepen the model to this many layers (grow_depth) before the task phase")
+    parser.add_argument("--writing-steps", type=int, default=800,
+                        help="last phase: fresh augmentation examples mixed with task examples (prompt writing); 0 = skip")
+    parser.add_argument("--writing-examples", type=int, default=4000, help="fresh augmentation examples for that phase")
+    parser.add_argument("--writing-task-share", type=float, default=0.5,
+                        help="task examples in that phase, as a share of its rows")
+    parser.add_argument("--writing-lr", type=float, default=1e-3)
+    parser.add_argument("--device", default="cpu", help="cpu (the shipped weights) or cuda for experiments")
     args = parser.parse_args()
+    if not 0 <= args.writing_task_share < 1:
+        parser.error(f"--writing-task-share must be in [0, 1), got {args.writing_task_share}")
 
     import torch
     from transformers import AutoTokenizer
@@ -227,6 +236,7 @@ def main() -> None:
         model = AutoModelForCausalLM.from_pretrained(args.init)
     else:
         model = build_model(tokenizer, args.seed)
+    model.to(args.device)
     print(f"{sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
     # Checkpoints are compared on a validation stream of their own, never on the eval suite.
     check = make_data.validation_problems(600, exclude=held_out | {p.prompt for p in problems})
@@ -264,8 +274,20 @@ def main() -> None:
 
     # A constant learning rate after warmup: the weights after S steps are the same whatever
     # --steps is, so a run can be stopped at any saved step and still be reproduced exactly.
-    trainlib.train(model, examples, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                   pad_id=tokenizer.pad_token_id, seed=args.seed, cosine=args.schedule == "cosine", callback=report)
+    if args.steps:
+        trainlib.train(model, examples, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                       pad_id=tokenizer.pad_token_id, seed=args.seed, cosine=args.schedule == "cosine", callback=report)
+    if args.writing_steps:
+        writing_rng = random.Random(args.seed + 1)
+        writing = [trainlib.encode_example(tokenizer, prompt, response)
+                   for prompt, response in augmentation_examples(args.writing_examples, writing_rng, problems,
+                                                                 args.few_shot, args.num_new)]
+        share = args.writing_task_share
+        task_rows = writing_rng.sample(examples[:len(problems)], round(len(writing) * share / (1 - share))) if share else []
+        print(f"writing phase: {args.writing_steps} steps on {len(writing)} fresh augmentation examples "
+              f"and {len(task_rows)} task examples", flush=True)
+        trainlib.train(model, writing + task_rows, steps=args.writing_steps, batch_size=args.batch_size,
+                       lr=args.writing_lr, pad_id=tokenizer.pad_token_id, seed=args.seed + 1, cosine=False)
     accuracy = task_accuracy(model, tokenizer, evals)
     train_seconds = time.time() - start
     out = Path(args.out)
@@ -274,7 +296,9 @@ def main() -> None:
     copy_tokenizer(out)
     summary = {"pretrain_steps": args.pretrain_steps, "pretrain_lr": args.pretrain_lr,
                "layers": model.config.num_hidden_layers, "grown_from": layers_before if model.config.num_hidden_layers > layers_before else None,
-               "steps": args.steps,
+               "steps": args.steps, "writing_steps": args.writing_steps, "writing_lr": args.writing_lr,
+               "writing_examples": args.writing_examples if args.writing_steps else 0,
+               "writing_task_share": args.writing_task_share,
                "lr": args.lr, "batch_size": args.batch_size, "examples": len(examples),
                "parameters": sum(p.numel() for p in model.parameters()),
                "eval_accuracy_greedy": accuracy, "seconds": round(train_seconds), "threads": args.threads,
