@@ -152,6 +152,8 @@ def augment_command(ctx: click.Context, config_path: str | None, **params: Any) 
 @click.option("--packing/--no-packing", default=None, help="pack rows into max-seq-len sequences, no padding  [default: off]")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="[default: off]")
 @click.option("--max-grad-norm", type=float, help="clipping, 0 = off  [default: 1.0]")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]),
+              help="bf16 autocast or fp32; auto = bf16 on a CUDA GPU that has it  [default: auto]")
 @click.option("--seed", type=int, help="[default: 0]")
 @click.option("--deepspeed", help="zero2, zero3 or a DeepSpeed JSON path")
 @click.option("--save-every", type=int, help="checkpoint every N steps  [default: 0 = final only]")

@@ -81,6 +81,7 @@ class TrainConfig:
                                       "row, no padding); needs sdpa, eager, flex_attention or flash_attention_2/3")
     gradient_checkpointing: bool = field(False, help="recompute decoder activations in backward")
     max_grad_norm: float = field(1.0, help="gradient clipping norm (0 disables)")
+    precision: str = field("auto", help="auto (bf16 autocast on a CUDA GPU that has it, else fp32) | bf16 | fp32")
     seed: int = field(0, help="seed for init, data order and held-out rows")
     deepspeed: str | None = field(None, help="zero2 | zero3 | path to a DeepSpeed JSON config")
     save_every: int = field(0, help="checkpoint every N steps (0: only the final model)")
@@ -135,6 +136,8 @@ class TrainConfig:
             bad("grad-accum", f"must be >= 1, got {self.grad_accum}")
         if self.max_seq_len < 2:
             bad("max-seq-len", f"must be >= 2, got {self.max_seq_len}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            bad("precision", f"must be auto, bf16 or fp32, got {self.precision!r}")
         if self.max_grad_norm < 0:
             bad("max-grad-norm", f"must be >= 0, got {self.max_grad_norm}")
         if self.warmup_steps < 0 or self.save_every < 0 or self.eval_every < 0 or self.eval_rows < 0:
@@ -152,6 +155,10 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------- student recipes
+
+class TrainingDiverged(ConfigError):
+    """The loss went non-finite: the run stops before saving a broken final model."""
+
 
 @dataclass(frozen=True)
 class StudentSource:
@@ -536,7 +543,9 @@ def run(config: TrainConfig) -> dict[str, Any]:
     from accelerate.utils import DeepSpeedPlugin
 
     cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    bf16 = cuda and torch.cuda.is_bf16_supported() and config.precision != "fp32"
+    if config.precision == "bf16" and not bf16:
+        raise ConfigError("--precision bf16 needs a CUDA GPU with bf16 support; use auto or fp32 here")
     plugin = None
     if config.deepspeed:
         plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(
@@ -797,6 +806,16 @@ def _train(config, accelerator, corpus, tokenizer, source, model_config, kd_weig
             total_sum += float(sums.total.detach())
             prompt_sum += float(sums.prompt_ce) if sums.prompt_ce is not None else 0.0
         kd_sum, ce_sum, total_sum, prompt_sum, global_prompt = reduce_sum([kd_sum, ce_sum, total_sum, prompt_sum, local_prompt])
+        if not math.isfinite(total_sum):
+            bar.close()
+            tracker_close()
+            kept = sorted((out / "checkpoints").glob("step-*")) if (out / "checkpoints").is_dir() else []
+            raise TrainingDiverged(
+                f"the loss is {total_sum} at step {step + 1} (lr {lr:.3g}): training diverged, so no final model was "
+                f"saved; lower --lr (or the recipe's train.lr), keep --max-grad-norm > 0"
+                + (", or train in fp32 (--precision fp32)" if accelerator.mixed_precision == "bf16" else "")
+                + (f"; checkpoints kept: {', '.join(p.name for p in kept)} in {out / 'checkpoints'} (the newest may "
+                   f"already hold the diverging update)" if kept else "; no checkpoint was written (--save-every)"))
         step += 1
         elapsed = time.perf_counter() - t0
         n = max(global_tokens, 1.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -244,3 +245,27 @@ def test_recipe_defaults_flags_and_random_init(peaked_teacher_dir, kd_corpus, tm
     from transformers import AutoConfig
 
     assert AutoConfig.from_pretrained(out / "final").hidden_size == 64
+
+
+def test_diverging_run_stops_with_a_clear_error_and_saves_no_final_model(tiny_student_dir, kd_corpus, tmp_path):
+    """A learning rate far too high makes the loss non-finite: the run exits 2 naming the step, the
+    rate and what to change, keeps the checkpoints written so far, and writes no final model."""
+    out = tmp_path / "diverged"
+    result = cli(train_args(tiny_student_dir, kd_corpus, out, max_steps=8, save_every=1, keep_checkpoints=1,
+                            max_grad_norm=0) + ["--lr", "1e30"])
+    assert result.exit_code == 2, result.output
+    assert "training diverged, so no final model was saved" in result.output
+    assert re.search(r"the loss is (nan|inf|-inf) at step \d+ \(lr [0-9.]+e\+(29|30)\)", result.output), result.output
+    assert "lower --lr" in result.output
+    assert "checkpoints kept: step-" in result.output
+    assert not (out / "final").exists()
+    assert any((out / "checkpoints").glob("step-*/COMPLETE"))
+
+
+def test_precision_flag_is_checked(tiny_student_dir, kd_corpus, tmp_path):
+    """--precision fp32 trains on CPU as auto does; bf16 without a CUDA GPU is refused by name."""
+    result = cli(train_args(tiny_student_dir, kd_corpus, tmp_path / "fp32", max_steps=1, precision="fp32"))
+    assert result.exit_code == 0, result.output
+    if not torch.cuda.is_available():
+        result = cli(train_args(tiny_student_dir, kd_corpus, tmp_path / "bf16", max_steps=1, precision="bf16"))
+        assert result.exit_code == 2 and "--precision bf16 needs a CUDA GPU" in result.output
