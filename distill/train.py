@@ -154,11 +154,11 @@ class TrainConfig:
                            "or train with --no-packing")
 
 
-# ----------------------------------------------------------------------------- student recipes
-
 class TrainingDiverged(ConfigError):
     """The loss went non-finite: the run stops before saving a broken final model."""
 
+
+# ----------------------------------------------------------------------------- student recipes
 
 @dataclass(frozen=True)
 class StudentSource:
