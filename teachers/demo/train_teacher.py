@@ -35,7 +35,7 @@ The shipped weights: these defaults, 1 torch thread, built in two runs of this s
 (1,899 s with another training job on the other core; the same safetensors bytes, sha256
 554a7248…, as an earlier training that stopped after pretraining and went on with ``--init``),
 then phase 4 with ``--init`` from those weights and ``--pretrain-steps 0 --grow-to 0 --steps 0``
-(1,056 s; sha256 43d5ebae…). Phase 4 reseeds its own data order and torch, so run either way it
+(1,056 s; sha256 43d5ebae…; a second run gave the same bytes). Phase 4 reseeds its own data order and torch, so run either way it
 gives the same bytes (tests/test_demo_task.py checks that a phase continued from saved weights
 equals the phase run in one process). 99.0% greedy on the 600 suite prompts; the probes read, at
 steps 900 / 1,800 of phase 3, validation accuracy 65.5 / 90.8% and coherent written prompts
