@@ -2,7 +2,7 @@
 new task prompts when given the augmentation meta-prompt, like an instruct teacher.
 
     python teachers/demo/train_teacher.py              # rewrites teachers/demo/model/*
-    python teachers/demo/train_teacher.py --steps 200  # a quick smoke run into --out
+    python teachers/demo/train_teacher.py --steps 200 --writing-steps 20 --out /tmp/t  # a quick smoke run
 
 Deterministic on CPU for a fixed torch build and thread count (seeded data, init and batch
 order). Running time and the measured accuracy are in docs/demo.md.
@@ -35,11 +35,11 @@ The shipped weights: these defaults, 1 torch thread, built in two runs of this s
 (1,899 s with another training job on the other core; the same safetensors bytes, sha256
 554a7248…, as an earlier training that stopped after pretraining and went on with ``--init``),
 then phase 4 with ``--init`` from those weights and ``--pretrain-steps 0 --grow-to 0 --steps 0``
-(1,056 s; sha256 43d5ebae…; a second run gave the same bytes). Phase 4 reseeds its own data order and torch, so run either way it
-gives the same bytes (tests/test_demo_task.py checks that a phase continued from saved weights
-equals the phase run in one process). 99.0% greedy on the 600 suite prompts; the probes read, at
-steps 900 / 1,800 of phase 3, validation accuracy 65.5 / 90.8% and coherent written prompts
-71.6 / 80.3%.
+(1,056 s; sha256 43d5ebae…; a second run gave the same bytes). Phase 4 reseeds its own data
+order and torch, so run either way it gives the same bytes (tests/test_demo_task.py checks that a
+phase continued from saved weights equals the phase run in one process). 99.0% greedy on the 600
+suite prompts; the probes read, at steps 900 / 1,800 of phase 3, validation accuracy 65.5 / 90.8%
+and coherent written prompts 71.6 / 80.3%.
 
 With ``--save-every N`` each saved checkpoint is also probed for the teacher's two jobs: task
 accuracy on 600 validation problems (a generator stream of its own, disjoint from seeds, eval
