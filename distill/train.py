@@ -45,6 +45,7 @@ DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 # attention implementations that keep packed rows apart given restarting position_ids and no mask
 PACKING_ATTN = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
 STUDENT_KEYS = {"model", "config", "tokenizer", "lora", "deepspeed", "train", "description", "attn_implementation"}
+PRECISIONS = ("auto", "bf16", "fp32")  # the CLI's --precision choices (cli.py lists them too, to stay light)
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,8 @@ class TrainConfig:
             bad("grad-accum", f"must be >= 1, got {self.grad_accum}")
         if self.max_seq_len < 2:
             bad("max-seq-len", f"must be >= 2, got {self.max_seq_len}")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            bad("precision", f"must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            bad("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.max_grad_norm < 0:
             bad("max-grad-norm", f"must be >= 0, got {self.max_grad_norm}")
         if self.warmup_steps < 0 or self.save_every < 0 or self.eval_every < 0 or self.eval_rows < 0:
