@@ -179,7 +179,24 @@ def pipeline(seed: int, base: Path, steps: int, kd_weight: str, reuse: bool = Fa
         "speed_ratio_b1": m["student"]["tokens_per_s"] / m["teacher"]["tokens_per_s"],
         "speed_ratio_batch": (m["student"].get("tokens_per_s_batch") or 0) / max(m["teacher"].get("tokens_per_s_batch") or 1e-9, 1e-9),
         "teacher_params": m["teacher"]["params"], "student_params": m["student"]["params"],
+        "by_kind": scores_by_kind(out),
     }
+
+
+def scores_by_kind(out: Path) -> dict[str, dict[str, float]]:
+    """Per model, the suite score by problem kind (the generator's kind of each suite prompt)."""
+    import make_data
+
+    kind_of = {p.prompt: p.kind for p in make_data.eval_problems()}
+    suite = {r["id"]: kind_of[r["prompt"]] for r in read_jsonl(ROOT / "eval" / "demo.jsonl")}
+    by_model = {}
+    for name in ("teacher", "student", "seeds_only"):
+        rows: dict[str, list[float]] = {}
+        for row in read_jsonl(out / "eval" / "outputs" / f"{name}.jsonl"):
+            rows.setdefault(suite[row["id"]], []).append(float(row["score"] or 0.0))
+        by_model[name] = {kind: sum(v) / len(v) for kind, v in sorted(rows.items())}
+    by_model["suite_rows"] = {kind: sum(k == kind for k in suite.values()) for kind in sorted(set(suite.values()))}
+    return by_model
 
 
 def wait_for(path: Path) -> None:
@@ -265,6 +282,13 @@ def main() -> None:
         lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" if isinstance(r[key], float) else str(r[key])
                                                  for v, r in zip(values, results)) + f" | {mean_sd(values)} |")
     lines += ["", "Augmentation rejections per reason: " + "; ".join(f"seed {r['seed']}: {r['rejected']}" for r in results)]
+    if results and all("by_kind" in r for r in results):
+        kinds = list(results[0]["by_kind"]["suite_rows"])
+        lines += ["", "Score by kind of suite problem (mean over the seeds; suite rows per kind in brackets):", "",
+                  "| model | " + " | ".join(f"{k} ({results[0]['by_kind']['suite_rows'][k]})" for k in kinds) + " |",
+                  "| --- |" + " --- |" * len(kinds)]
+        for name in ("teacher", "student", "seeds_only"):
+            lines.append(f"| {name} | " + " | ".join(mean_sd([r["by_kind"][name].get(k, 0.0) for r in results]) for k in kinds) + " |")
     if not results:
         lines = lines[:5]
     for seed, arms in curves.items():

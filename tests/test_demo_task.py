@@ -263,14 +263,51 @@ def test_teacher_script_runs_every_phase_and_checks_its_flags(tmp_path):
     out = tmp_path / "teacher"
     small = ["--task-examples", "64", "--augment-examples", "4", "--pretrain-steps", "2", "--layers", "2", "--grow-to", "3",
              "--steps", "2", "--writing-steps", "2", "--writing-examples", "4", "--hidden-size", "32",
-             "--intermediate-size", "64", "--batch-size", "4"]
+             "--intermediate-size", "64", "--batch-size", "4", "--writing-kind-weights", "exchange=2"]
     done = subprocess.run([sys.executable, str(script), "--out", str(out), *small], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "writing phase: 2 steps on 4 fresh augmentation examples and 4 task examples" in done.stdout
     summary = json.loads((out / "training_summary.json").read_text())
     assert (summary["layers"], summary["grown_from"], summary["steps"], summary["writing_steps"]) == (3, 2, 2, 2)
     assert (summary["writing_examples"], summary["writing_task_share"]) == (4, 0.5)
+    assert summary["writing_kind_weights"] == {"exchange": 2.0}
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     bad = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "x"), "--writing-task-share", "1"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--writing-task-share must be in [0, 1), got 1.0" in bad.stderr
+    bad = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "x"), "--writing-kind-weights", "echange=2"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--writing-kind-weights 'echange=2': expected KIND=WEIGHT" in bad.stderr
+
+
+def test_writing_kind_weights_shift_the_written_kinds_and_leave_the_plain_draw_alone():
+    """--writing-kind-weights: exchange=3 makes the written targets ~3x as often two-person
+    exchanges, never repeats a problem within a pair, and leaves the examples shown (and the
+    unweighted draw phases 2-3 were built with) as before; bad specs are named."""
+    import collections
+    import random
+
+    sys.path.insert(0, str(ROOT / "teachers" / "demo"))
+    import train_teacher
+
+    pool = task.problems(seed=5, count=2000)
+    kind_of = {p.prompt: p.kind for p in pool}
+
+    def written_kinds(pairs):
+        return collections.Counter(kind_of[line[len("Prompt: "):]] for _, response in pairs for line in response.split("\n"))
+
+    plain = train_teacher.augmentation_examples(300, random.Random(1), pool, 3, 5)
+    assert plain == train_teacher.augmentation_examples(300, random.Random(1), pool, 3, 5, {})
+    weighted = train_teacher.augmentation_examples(300, random.Random(1), pool, 3, 5, {"exchange": 3.0})
+    share = {name: counts["exchange"] / sum(counts.values())
+             for name, counts in (("plain", written_kinds(plain)), ("weighted", written_kinds(weighted)))}
+    base = sum(p.kind == "exchange" for p in pool) / len(pool)
+    assert abs(share["plain"] - base) < 0.04
+    assert abs(share["weighted"] - 3 * base / (1 + 2 * base)) < 0.05
+    assert all(len(set(response.split("\n"))) == 5 for _, response in weighted)
+    assert weighted[0][0] == plain[0][0]  # the examples shown come from the same draw
+    assert train_teacher.parse_kind_weights("exchange=3, shopping=0.5") == {"exchange": 3.0, "shopping": 0.5}
+    for bad, message in (("exchang=3", "KIND one of"), ("exchange", "KIND=WEIGHT"), ("exchange=x", "not a number"),
+                         ("exchange=0", "must be > 0")):
+        with pytest.raises(ValueError, match=message):
+            train_teacher.parse_kind_weights(bad)

@@ -28,6 +28,7 @@ from distill.config import ConfigError
 from distill.teachers.base import GenerationRequest, SamplingParams, ScoreRequest, TeacherOutput
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+KV_CACHES = ("auto", "dynamic", "static")
 
 
 def _torch():
@@ -160,8 +161,13 @@ def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[
 
 
 def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], seeds: Sequence[int],
-                   params: SamplingParams, *, eos_ids: Sequence[int], pad_id: int) -> list[dict[str, Any]]:
-    """Generate one left-padded batch with capture; one dict per row (numpy arrays, trimmed)."""
+                   params: SamplingParams, *, eos_ids: Sequence[int], pad_id: int,
+                   cache: str = "dynamic") -> list[dict[str, Any]]:
+    """Generate one left-padded batch with capture; one dict per row (numpy arrays, trimmed).
+
+    ``cache``: ``dynamic`` grows the KV cache by concatenation each step (every step copies it);
+    ``static`` allocates it once for prompt + max_new_tokens and writes in place. Same tokens.
+    """
     torch = _torch()
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -174,8 +180,10 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
     if params.stop:
         stop_strings = make_stop_criteria(tokenizer, params.stop, input_ids.shape[1], len(prompts))
         stopping.append(stop_strings)
+    # disable_compile: a static cache would otherwise trigger torch.compile on a GPU (minutes).
+    extra = {"cache_implementation": "static", "disable_compile": True} if cache == "static" else {}
     config = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=False, num_beams=1,
-                              eos_token_id=list(eos_ids), pad_token_id=pad_id, return_dict_in_generate=True)
+                              eos_token_id=list(eos_ids), pad_token_id=pad_id, return_dict_in_generate=True, **extra)
     with torch.inference_mode():
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
                              logits_processor=LogitsProcessorList([capture]), stopping_criteria=stopping)
@@ -242,7 +250,7 @@ class HFTeacher:
 
     def __init__(self, model: str, *, name: str | None = None, revision: str | None = None, device: str = "auto",
                  dtype: str = "auto", batch_size: int = 8, max_context: int | None = None,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, kv_cache: str = "auto") -> None:
         from transformers import AutoConfig, AutoTokenizer
 
         path = Path(model)
@@ -250,12 +258,17 @@ class HFTeacher:
             raise ConfigError(f"--teacher: {model}: no such model directory (expected a folder with config.json)")
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+        if kv_cache not in KV_CACHES:
+            raise ConfigError(f"teacher hf.kv_cache must be one of {', '.join(KV_CACHES)}, got {kv_cache!r}")
         self.model_id = model
         self.name = name or path.name
         self.revision = revision
         self.batch_size = batch_size
         self.trust_remote_code = trust_remote_code
         self.device, self.dtype = pick_device(device, dtype)
+        # auto: static on CPU, where copying the growing cache each step was ~30% of generation
+        # time for the demo teacher (bench/generation_cache.md); dynamic elsewhere (not measured).
+        self.kv_cache = kv_cache if kv_cache != "auto" else ("static" if self.device == "cpu" else "dynamic")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
             self.config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
@@ -272,10 +285,10 @@ class HFTeacher:
         max_context, trust_remote_code); ``overrides`` (e.g. batch_size from --batch-size) win."""
         hf = dict(recipe.get("hf", {}))
         kwargs: dict[str, Any] = {k: recipe[k] for k in ("revision", "device", "dtype", "batch_size", "max_context",
-                                                         "trust_remote_code") if k in recipe}
+                                                         "trust_remote_code", "kv_cache") if k in recipe}
         kwargs.update({k: v for k, v in hf.items()})
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(kwargs) - {"revision", "device", "dtype", "batch_size", "max_context", "trust_remote_code"}
+        unknown = set(kwargs) - {"revision", "device", "dtype", "batch_size", "max_context", "trust_remote_code", "kv_cache"}
         if unknown:
             raise ConfigError(f"{recipe.get('recipe_path', 'teacher recipe')}: unknown hf option(s) {sorted(unknown)}")
         return cls(str(recipe["model"]), name=recipe.get("name"), **kwargs)
@@ -336,7 +349,7 @@ class HFTeacher:
                                   f"max_new_tokens {params.max_new_tokens} exceeds the teacher context {self.max_context}")
         for batch in self._batches(requests):
             rows = generate_batch(self.model, self.tokenizer, [r.prompt_ids for r in batch], [r.seed for r in batch],
-                                  params, eos_ids=self.eos_ids, pad_id=self.pad_id)
+                                  params, eos_ids=self.eos_ids, pad_id=self.pad_id, cache=self.kv_cache)
             for request, row in zip(batch, rows):
                 yield TeacherOutput(key=request.key, prompt_ids=np.asarray(request.prompt_ids, dtype=np.int32),
                                     text=self.tokenizer.decode(row["response_ids"].tolist(), skip_special_tokens=True),

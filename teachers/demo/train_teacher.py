@@ -93,18 +93,52 @@ def meta_prompt_template() -> str:
 
 
 def augmentation_examples(count: int, rng: random.Random, pool: list[task.Problem], few_shot: int,
-                          num_new: int) -> list[tuple[str, str]]:
-    """(meta-prompt, "Prompt: ..." lines) pairs; examples and targets drawn from ``pool``."""
+                          num_new: int, kind_weights: dict[str, float] | None = None) -> list[tuple[str, str]]:
+    """(meta-prompt, "Prompt: ..." lines) pairs; examples and targets drawn from ``pool``.
+
+    ``kind_weights`` (kind -> weight, unnamed kinds 1) draws the written targets of each kind that
+    many times as often as the pool holds them (distinct within a pair); the examples shown stay
+    plain draws. None: one plain ``rng.sample`` per pair, as phases 2-3 were built."""
     from distill.augment import EXAMPLE_PREFIX, render_meta_prompt
 
     template = meta_prompt_template()
+    cumulative = None
+    if kind_weights:
+        cumulative, total = [], 0.0
+        for problem in pool:
+            total += kind_weights.get(problem.kind, 1.0)
+            cumulative.append(total)
     out = []
     for _ in range(count):
-        picks = rng.sample(pool, few_shot + num_new)
+        if cumulative is None:
+            picks = rng.sample(pool, few_shot + num_new)
+        else:
+            picks = rng.sample(pool, few_shot)
+            while len(picks) < few_shot + num_new:
+                pick = rng.choices(pool, cum_weights=cumulative)[0]
+                if all(pick is not p for p in picks):
+                    picks.append(pick)
         prompt = render_meta_prompt(template, [p.prompt for p in picks[:few_shot]], num_new)
         response = "\n".join(EXAMPLE_PREFIX + p.prompt for p in picks[few_shot:])
         out.append((prompt, response))
     return out
+
+
+def parse_kind_weights(text: str) -> dict[str, float]:
+    """``"exchange=3,shopping=2"`` -> {"exchange": 3.0, "shopping": 2.0}; errors name the bad part."""
+    kinds = {builder.__name__.lstrip("_") for builder, _ in task.KINDS}
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, sep, value = part.partition("=")
+        if not sep or kind not in kinds:
+            raise ValueError(f"'{part}': expected KIND=WEIGHT with KIND one of {sorted(kinds)}")
+        try:
+            weights[kind] = float(value)
+        except ValueError:
+            raise ValueError(f"'{part}': the weight '{value}' is not a number") from None
+        if weights[kind] <= 0:
+            raise ValueError(f"'{part}': the weight must be > 0")
+    return weights
 
 
 def build_model(tokenizer, seed: int):
@@ -217,10 +251,16 @@ def main() -> None:
     parser.add_argument("--writing-task-share", type=float, default=0.5,
                         help="task examples in that phase, as a share of its rows")
     parser.add_argument("--writing-lr", type=float, default=1e-3)
+    parser.add_argument("--writing-kind-weights", default="",
+                        help="KIND=W[,...]: draw that phase's written problems of KIND W times as often (unnamed kinds 1)")
     parser.add_argument("--device", default="cpu", help="cpu (the shipped weights) or cuda for experiments")
     args = parser.parse_args()
     if not 0 <= args.writing_task_share < 1:
         parser.error(f"--writing-task-share must be in [0, 1), got {args.writing_task_share}")
+    try:
+        kind_weights = parse_kind_weights(args.writing_kind_weights)
+    except ValueError as exc:
+        parser.error(f"--writing-kind-weights {exc}")
 
     import torch
     from transformers import AutoTokenizer
@@ -294,7 +334,7 @@ def main() -> None:
         writing_rng = random.Random(args.seed + 1)
         writing = [trainlib.encode_example(tokenizer, prompt, response)
                    for prompt, response in augmentation_examples(args.writing_examples, writing_rng, problems,
-                                                                 args.few_shot, args.num_new)]
+                                                                 args.few_shot, args.num_new, kind_weights)]
         share = args.writing_task_share
         task_rows = writing_rng.sample(examples[:len(problems)], round(len(writing) * share / (1 - share))) if share else []
         print(f"writing phase: {args.writing_steps} steps on {len(writing)} fresh augmentation examples "
@@ -311,7 +351,7 @@ def main() -> None:
                "layers": model.config.num_hidden_layers, "grown_from": layers_before if model.config.num_hidden_layers > layers_before else None,
                "steps": args.steps, "writing_steps": args.writing_steps, "writing_lr": args.writing_lr,
                "writing_examples": args.writing_examples if args.writing_steps else 0,
-               "writing_task_share": args.writing_task_share,
+               "writing_task_share": args.writing_task_share, "writing_kind_weights": kind_weights,
                "lr": args.lr, "batch_size": args.batch_size, "examples": len(examples),
                "parameters": sum(p.numel() for p in model.parameters()),
                "eval_accuracy_greedy": accuracy, "seconds": round(train_seconds), "threads": args.threads,

@@ -127,3 +127,19 @@ def test_recipe_and_errors(tiny_teacher_dir, tmp_path):
         load_teacher(str(bad))
     with pytest.raises(ConfigError, match="exceeds the teacher context"):
         list(teacher.generate(requests_for(teacher)[:1], SamplingParams(max_new_tokens=600)))
+
+
+def test_static_and_dynamic_kv_cache_give_the_same_rows(tiny_teacher_dir):
+    """CPU default is the static cache; it must not change a token or a stored log-prob."""
+    static = HFTeacher(str(tiny_teacher_dir), batch_size=3)
+    dynamic = HFTeacher(str(tiny_teacher_dir), batch_size=3, kv_cache="dynamic")
+    assert static.kv_cache == "static" and dynamic.kv_cache == "dynamic"
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, top_p=0.9, top_k_logprobs=4)
+    a = {o.key: o for o in static.generate(requests_for(static), params)}
+    b = {o.key: o for o in dynamic.generate(requests_for(dynamic), params)}
+    for key in a:
+        assert a[key].response_ids.tolist() == b[key].response_ids.tolist()
+        np.testing.assert_allclose(a[key].topk_logprobs, b[key].topk_logprobs, atol=1e-5)
+        assert a[key].finish_reason == b[key].finish_reason
+    with pytest.raises(ConfigError, match="kv_cache"):
+        HFTeacher(str(tiny_teacher_dir), kv_cache="paged")
