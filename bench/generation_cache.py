@@ -1,11 +1,12 @@
 """Static vs dynamic KV cache in the HF teacher backend, on the demo teacher's prompt writing.
 
-One augmentation-sized batch (``--rows`` meta-prompts built from the demo seeds exactly as
-``distill generate --augment`` renders them, 3 examples each, temperature 0.8, top-p 0.95, up to
-``--max-new-tokens``) is generated with ``kv_cache: dynamic`` and ``kv_cache: static`` in turn,
-``--reps`` times each (interleaved, so both see the same machine), through
-``distill.teachers.hf.generate_batch``. Prints each timing, the ratio of the medians, and whether
-the two caches wrote the same tokens.
+Two batches, as the demo's ``distill generate`` runs them: writing prompts (``--rows``
+meta-prompts built from the demo seeds as ``distill generate --augment`` renders them, 3 examples
+each, temperature 0.8, top-p 0.95, up to ``--max-new-tokens``), then answering (``--rows`` seed
+prompts, greedy, top-20 log-probs captured, up to 64 tokens). Each is generated with
+``kv_cache: dynamic`` and ``kv_cache: static`` in turn, ``--reps`` times each (interleaved, so both
+see the same machine), through ``distill.teachers.hf.generate_batch``. Prints each timing, the
+ratio of the medians, and whether the two caches wrote the same tokens.
 
     python bench/generation_cache.py [--rows 256] [--reps 3] [--threads 2]
 """
@@ -49,26 +50,31 @@ def main() -> None:
     rng = random.Random(0)
     prompts = [encode_prompt(teacher.tokenizer, ({"role": "user", "content": render_meta_prompt(template, rng.sample(seeds, 3), 5)},))
                for _ in range(args.rows)]
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.8, top_p=0.95, top_k_logprobs=0)
-    times: dict[str, list[float]] = {"dynamic": [], "static": []}
-    tokens: dict[str, list[list[int]]] = {}
+    writing = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.8, top_p=0.95, top_k_logprobs=0)
+    # Then an answering batch as the demo's second half runs it: task prompts, greedy, top-20 capture.
+    questions = [encode_prompt(teacher.tokenizer, ({"role": "user", "content": seeds[i % len(seeds)]},)) for i in range(args.rows)]
+    answering = SamplingParams(max_new_tokens=64, temperature=0.0, top_p=1.0, top_k_logprobs=20)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s); "
-          f"{args.rows} rows, prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens", flush=True)
-    for rep in range(args.reps):
-        for cache in ("dynamic", "static"):
-            start = time.perf_counter()
-            rows = generate_batch(teacher.model, teacher.tokenizer, prompts, list(range(len(prompts))), params,
-                                  eos_ids=teacher.eos_ids, pad_id=teacher.pad_id, cache=cache)
-            times[cache].append(time.perf_counter() - start)
-            written = [r["response_ids"].tolist() for r in rows]
-            tokens.setdefault(cache, written)
-            steps = max(len(w) for w in written)
-            print(f"rep {rep} {cache:8s} {times[cache][-1]:6.2f} s  ({steps} decoding steps, "
-                  f"{sum(map(len, written))} tokens written)", flush=True)
-    same = sum(a == b for a, b in zip(tokens["dynamic"], tokens["static"]))
-    ratio = statistics.median(times["static"]) / statistics.median(times["dynamic"])
-    print(f"median dynamic {statistics.median(times['dynamic']):.2f} s, static {statistics.median(times['static']):.2f} s: "
-          f"static/dynamic = {ratio:.2f}; rows with identical tokens {same}/{len(prompts)}")
+          f"{args.rows} rows per batch", flush=True)
+    for label, batch, params in (("writing prompts", prompts, writing), ("answering", questions, answering)):
+        times: dict[str, list[float]] = {"dynamic": [], "static": []}
+        tokens: dict[str, list[list[int]]] = {}
+        print(f"{label}: prompts of {min(map(len, batch))}-{max(map(len, batch))} tokens, up to {params.max_new_tokens} new", flush=True)
+        for rep in range(args.reps):
+            for cache in ("dynamic", "static"):
+                start = time.perf_counter()
+                rows = generate_batch(teacher.model, teacher.tokenizer, batch, list(range(len(batch))), params,
+                                      eos_ids=teacher.eos_ids, pad_id=teacher.pad_id, cache=cache)
+                times[cache].append(time.perf_counter() - start)
+                written = [r["response_ids"].tolist() for r in rows]
+                tokens.setdefault(cache, written)
+                print(f"  rep {rep} {cache:8s} {times[cache][-1]:6.2f} s  ({max(map(len, written))} decoding steps, "
+                      f"{sum(map(len, written))} tokens written)", flush=True)
+        same = sum(a == b for a, b in zip(tokens["dynamic"], tokens["static"]))
+        ratio = statistics.median(times["static"]) / statistics.median(times["dynamic"])
+        print(f"  {label}: median dynamic {statistics.median(times['dynamic']):.2f} s, static "
+              f"{statistics.median(times['static']):.2f} s: static/dynamic = {ratio:.2f}; rows with identical tokens "
+              f"{same}/{len(batch)}", flush=True)
 
 
 if __name__ == "__main__":

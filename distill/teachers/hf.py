@@ -180,13 +180,21 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
     if params.stop:
         stop_strings = make_stop_criteria(tokenizer, params.stop, input_ids.shape[1], len(prompts))
         stopping.append(stop_strings)
+    extra: dict[str, Any] = {}
+    if cache == "static":
+        from transformers import StaticCache
+
+        # Sized for this batch. (generate's own cache_implementation="static" keeps the longest
+        # length any earlier call used: after augmentation's 500-token requests, every short
+        # answering batch attended over 500 positions, twice as slow as the dynamic cache.)
+        extra["past_key_values"] = StaticCache(config=model.config.get_text_config(decoder=True),
+                                               max_cache_len=input_ids.shape[1] + params.max_new_tokens)
     # disable_compile: a static cache would otherwise trigger torch.compile on a GPU (minutes).
-    extra = {"cache_implementation": "static", "disable_compile": True} if cache == "static" else {}
-    config = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=False, num_beams=1,
-                              eos_token_id=list(eos_ids), pad_token_id=pad_id, return_dict_in_generate=True, **extra)
+    config = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=False, num_beams=1, disable_compile=True,
+                              eos_token_id=list(eos_ids), pad_token_id=pad_id, return_dict_in_generate=True)
     with torch.inference_mode():
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                             logits_processor=LogitsProcessorList([capture]), stopping_criteria=stopping)
+                             logits_processor=LogitsProcessorList([capture]), stopping_criteria=stopping, **extra)
     generated = out.sequences[:, input_ids.shape[1]:].cpu().numpy().astype(np.int32)
     num_steps = generated.shape[1]
     if k:
@@ -266,7 +274,7 @@ class HFTeacher:
         self.batch_size = batch_size
         self.trust_remote_code = trust_remote_code
         self.device, self.dtype = pick_device(device, dtype)
-        # auto: static on CPU, where copying the growing cache each step was ~30% of generation
+        # auto: static on CPU, where copying the growing cache each step was ~30% of prompt-writing
         # time for the demo teacher (bench/generation_cache.md); dynamic elsewhere (not measured).
         self.kv_cache = kv_cache if kv_cache != "auto" else ("static" if self.device == "cpu" else "dynamic")
         try:

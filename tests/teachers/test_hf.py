@@ -134,12 +134,14 @@ def test_static_and_dynamic_kv_cache_give_the_same_rows(tiny_teacher_dir):
     static = HFTeacher(str(tiny_teacher_dir), batch_size=3)
     dynamic = HFTeacher(str(tiny_teacher_dir), batch_size=3, kv_cache="dynamic")
     assert static.kv_cache == "static" and dynamic.kv_cache == "dynamic"
-    params = SamplingParams(max_new_tokens=10, temperature=1.0, top_p=0.9, top_k_logprobs=4)
-    a = {o.key: o for o in static.generate(requests_for(static), params)}
-    b = {o.key: o for o in dynamic.generate(requests_for(dynamic), params)}
-    for key in a:
-        assert a[key].response_ids.tolist() == b[key].response_ids.tolist()
-        np.testing.assert_allclose(a[key].topk_logprobs, b[key].topk_logprobs, atol=1e-5)
-        assert a[key].finish_reason == b[key].finish_reason
+    # a long call first: the static cache of the short call after it is sized for that call alone
+    for max_new in (24, 6):
+        params = SamplingParams(max_new_tokens=max_new, temperature=1.0, top_p=0.9, top_k_logprobs=4)
+        a = {o.key: o for o in static.generate(requests_for(static), params)}
+        b = {o.key: o for o in dynamic.generate(requests_for(dynamic), params)}
+        for key in a:
+            assert a[key].response_ids.tolist() == b[key].response_ids.tolist()
+            np.testing.assert_allclose(a[key].topk_logprobs, b[key].topk_logprobs, atol=1e-5)
+            assert a[key].finish_reason == b[key].finish_reason
     with pytest.raises(ConfigError, match="kv_cache"):
         HFTeacher(str(tiny_teacher_dir), kv_cache="paged")
