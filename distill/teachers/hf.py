@@ -29,6 +29,7 @@ from distill.teachers.base import GenerationRequest, SamplingParams, ScoreReques
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 KV_CACHES = ("auto", "dynamic", "static")
+STATIC_MIN_NEW_TOKENS = 128  # kv_cache auto: a static cache from this many new tokens on (CPU)
 
 
 def _torch():
@@ -185,8 +186,8 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
         from transformers import StaticCache
 
         # Sized for this batch. (generate's own cache_implementation="static" keeps the longest
-        # length any earlier call used: after augmentation's 500-token requests, every short
-        # answering batch attended over 500 positions, twice as slow as the dynamic cache.)
+        # length any earlier call used: after the demo's 560-position prompt-writing batches every
+        # short answering batch attended over 560 positions, twice as slow as the dynamic cache.)
         extra["past_key_values"] = StaticCache(config=model.config.get_text_config(decoder=True),
                                                max_cache_len=input_ids.shape[1] + params.max_new_tokens)
     # disable_compile: a static cache would otherwise trigger torch.compile on a GPU (minutes).
@@ -274,9 +275,7 @@ class HFTeacher:
         self.batch_size = batch_size
         self.trust_remote_code = trust_remote_code
         self.device, self.dtype = pick_device(device, dtype)
-        # auto: static on CPU, where copying the growing cache each step was ~30% of prompt-writing
-        # time for the demo teacher (bench/generation_cache.md); dynamic elsewhere (not measured).
-        self.kv_cache = kv_cache if kv_cache != "auto" else ("static" if self.device == "cpu" else "dynamic")
+        self.kv_cache = kv_cache
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
             self.config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
@@ -333,6 +332,16 @@ class HFTeacher:
             self._model = model.to(self.device).eval()
         return self._model
 
+    def cache_for(self, params: SamplingParams) -> str:
+        """The KV cache for one generate call. ``auto``: static on CPU for long generations
+        (>= STATIC_MIN_NEW_TOKENS), where copying the growing cache every step cost the demo
+        teacher ~30% of its prompt-writing time (static: 0.90x the time at 320 new tokens), and
+        dynamic for short ones (static: 1.08x at 64) and on GPUs (not measured);
+        bench/generation_cache.md. Either way the same tokens."""
+        if self.kv_cache != "auto":
+            return self.kv_cache
+        return "static" if self.device == "cpu" and params.max_new_tokens >= STATIC_MIN_NEW_TOKENS else "dynamic"
+
     def fingerprint(self) -> dict[str, Any]:
         import torch
         import transformers
@@ -357,7 +366,7 @@ class HFTeacher:
                                   f"max_new_tokens {params.max_new_tokens} exceeds the teacher context {self.max_context}")
         for batch in self._batches(requests):
             rows = generate_batch(self.model, self.tokenizer, [r.prompt_ids for r in batch], [r.seed for r in batch],
-                                  params, eos_ids=self.eos_ids, pad_id=self.pad_id, cache=self.kv_cache)
+                                  params, eos_ids=self.eos_ids, pad_id=self.pad_id, cache=self.cache_for(params))
             for request, row in zip(batch, rows):
                 yield TeacherOutput(key=request.key, prompt_ids=np.asarray(request.prompt_ids, dtype=np.int32),
                                     text=self.tokenizer.decode(row["response_ids"].tolist(), skip_special_tokens=True),

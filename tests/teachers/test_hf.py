@@ -130,10 +130,13 @@ def test_recipe_and_errors(tiny_teacher_dir, tmp_path):
 
 
 def test_static_and_dynamic_kv_cache_give_the_same_rows(tiny_teacher_dir):
-    """CPU default is the static cache; it must not change a token or a stored log-prob."""
-    static = HFTeacher(str(tiny_teacher_dir), batch_size=3)
+    """The static cache (auto on CPU for long generations) must not change a token or a stored log-prob."""
+    static = HFTeacher(str(tiny_teacher_dir), batch_size=3, kv_cache="static")
     dynamic = HFTeacher(str(tiny_teacher_dir), batch_size=3, kv_cache="dynamic")
-    assert static.kv_cache == "static" and dynamic.kv_cache == "dynamic"
+    auto = HFTeacher(str(tiny_teacher_dir), batch_size=3, device="cpu")
+    assert auto.cache_for(SamplingParams(max_new_tokens=320)) == "static"
+    assert auto.cache_for(SamplingParams(max_new_tokens=64)) == "dynamic"
+    assert static.cache_for(SamplingParams(max_new_tokens=8)) == "static"
     # a long call first: the static cache of the short call after it is sized for that call alone
     for max_new in (24, 6):
         params = SamplingParams(max_new_tokens=max_new, temperature=1.0, top_p=0.9, top_k_logprobs=4)
