@@ -52,8 +52,8 @@ outcomes are in bench/teacher_names.md. The defaults rebuild the shipped weights
 ``--device cuda`` trains on a GPU (faster, not bit-reproducible: experiments only).
 ``--writing-kind-weights exchange=3`` draws the writing phase's target problems of a kind that many
 times as often (unset by default): with 3 and 5 the teacher wrote 3-5x more two-person exchange
-prompts but fewer shopping and two-count ones, and the student did worse (0.86 / 0.83 against 0.91,
-bench/teacher_writing.md).
+prompts but fewer shopping and two-count ones, and the student did worse (0.86 / 0.83 against 0.91;
+2,000 prompts, 1,500 steps at peak rate 5e-3, bench/teacher_writing.md).
 
 Training data (all from the task generator's own stream, never a seed or eval prompt):
 - task examples: a problem as the user turn -> its worked answer;
