@@ -656,7 +656,11 @@ def _train(config, accelerator, corpus, tokenizer, source, model_config, kd_weig
     wrapper = _student_with_loss_cls()(model, loss_options, config.chunk_size,
                                        flatten_packed=config.attn_implementation.startswith("flash_attention"))
     params = [p for p in wrapper.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # Fused AdamW: one kernel over all parameters instead of ~10 ops per tensor (on the demo
+    # student on CPU ~0.5-1 ms a step instead of ~3.5-4.5). DeepSpeed steps the optimizer on its
+    # own flattened partitions, so it keeps torch's default implementation.
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+                                  fused=None if config.deepspeed else True)
 
     # ---- OUT: everything above passed; from here on we write
     resume_from = complete_checkpoints(out)[-1] if config.resume and complete_checkpoints(out) else None
