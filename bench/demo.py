@@ -241,7 +241,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="pipeline runs (none: only the curve, on existing runs)")
     parser.add_argument("--curve-seeds", type=int, nargs="*", default=[0])
-    parser.add_argument("--steps", type=int, default=int(os.environ.get("STEPS", 2500)))
+    parser.add_argument("--steps", type=int, default=int(os.environ.get("STEPS", 2000)))
     parser.add_argument("--curve-every", type=int, default=250)
     parser.add_argument("--kd-weight", default="0.2", help="KD weight of the pipeline's student and of the curve's KD+SFT arm")
     parser.add_argument("--base", default="runs/bench-demo")
