@@ -165,6 +165,10 @@ def test_checkpoints_atomic_and_pruned(tiny_student_dir, kd_corpus, tmp_path):
     assert folders == ["step-0000006", "step-0000007"]
     state = json.loads((out / "checkpoints" / "step-0000006" / "trainer_state.json").read_text())
     assert state["global_step"] == 6 and (out / "checkpoints" / "step-0000006" / "COMPLETE").is_file()
+    # outside DeepSpeed the optimizer is torch's fused AdamW (its flag travels in the saved state)
+    import torch
+    saved = torch.load(out / "checkpoints" / "step-0000007" / "optimizer.bin", weights_only=False)
+    assert [group["fused"] for group in saved["param_groups"]] == [True]
     # a second run into the same OUT without --resume is refused, nothing touched
     before = (out / "metrics.jsonl").read_text()
     result = cli(train_args(tiny_student_dir, kd_corpus, out, max_steps=7))
