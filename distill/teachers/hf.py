@@ -19,6 +19,7 @@ available, else cpu + fp32 (recipe ``device`` / ``dtype`` override).
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -28,8 +29,9 @@ from distill.config import ConfigError
 from distill.teachers.base import GenerationRequest, SamplingParams, ScoreRequest, TeacherOutput
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-KV_CACHES = ("auto", "dynamic", "static")
+KV_CACHES = ("auto", "shrinking", "dynamic", "static")
 STATIC_MIN_NEW_TOKENS = 128  # kv_cache auto: a static cache from this many new tokens on (CPU)
+PRUNE_FRACTION = 0.125  # decode_batch: drop finished rows once they are this share of the batch
 
 
 def _torch():
@@ -56,14 +58,55 @@ def _logits_processor_base():
     return LogitsProcessor
 
 
-def make_capture(k: int, params: SamplingParams, seeds: Sequence[int], device: Any):
-    """A LogitsProcessor that records raw top-k log-probs and samples each row with its own seed."""
+def make_chooser(k: int, params: SamplingParams, seeds: Sequence[int], device: Any):
+    """``choose(scores, step, rows)``: the next token of each row, with the raw top-k log-probs.
+
+    ``scores`` [n, vocab] are the raw next-token logits of batch rows ``rows`` (indices into
+    ``seeds``; None = all rows) at decoding step ``step``. Returns (chosen [n, 1], top-k ids
+    [n, k] int32, top-k log-probs [n, k], sampled log-prob [n, 1]); the last three are None when
+    ``k`` is 0. Each row samples with one uniform per step drawn from its own seed, so its tokens
+    do not depend on its batch neighbours (nor on which of them are still running).
+    """
     torch = _torch()
-    base = _logits_processor_base()
     steps = params.max_new_tokens
-    # One uniform per (row, step), drawn from the row's own seed: independent of batch neighbours.
     uniforms = torch.stack([1.0 - torch.rand(steps, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)
                             for s in seeds]).to(device)
+
+    def choose(scores: Any, step: int, rows: Any = None) -> tuple[Any, Any, Any, Any]:
+        # Every full pass over [batch, vocab] counts (it is what capture costs on top of
+        # sampling), so: the top-k gives the max (and the greedy choice), one exp pass gives
+        # both the normalizer and, at temperature 1, the sampling weights.
+        if scores.dtype != torch.float32:
+            scores = scores.float()
+        ids = values = None
+        if k:
+            values, ids = scores.topk(k, dim=-1)
+            top = values[:, :1]
+        else:
+            top = scores.amax(dim=-1, keepdim=True)
+        weights = None
+        if k or params.temperature == 1.0:
+            weights = torch.exp(scores - top)  # in (0, 1], no overflow
+            log_norm = top + torch.log(weights.sum(dim=-1, keepdim=True))
+        if params.temperature == 0:
+            chosen = ids[:, :1] if k else scores.argmax(dim=-1, keepdim=True)
+        else:
+            if params.temperature != 1.0:
+                weights = torch.sub(scores, top).div_(params.temperature).exp_()
+            uniform = uniforms[:, step:step + 1] if rows is None else uniforms[rows, step:step + 1]
+            chosen = _sample(weights, params.top_p, uniform)
+        if not k:
+            return chosen, None, None, None
+        return chosen, ids.to(torch.int32), values - log_norm, scores.gather(1, chosen) - log_norm
+
+    return choose
+
+
+def make_capture(k: int, params: SamplingParams, seeds: Sequence[int], device: Any):
+    """A LogitsProcessor for ``model.generate``: records what ``make_chooser`` returns each step
+    and forces its choice."""
+    base = _logits_processor_base()
+    choose = make_chooser(k, params, seeds, device)
 
     class _Capture(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
@@ -73,30 +116,13 @@ def make_capture(k: int, params: SamplingParams, seeds: Sequence[int], device: A
             self.sampled_logprobs: list[Any] = []
 
         def __call__(self, input_ids: Any, scores: Any) -> Any:
-            # Every full pass over [batch, vocab] counts (it is what capture costs on top of
-            # sampling), so: the top-k gives the max (and the greedy choice), one exp pass gives
-            # both the normalizer and, at temperature 1, the sampling weights.
-            if scores.dtype != torch.float32:  # generate() upcasts already; keep it true for any caller
+            if scores.dtype != _torch().float32:  # generate() upcasts already; keep it true for any caller
                 scores = scores.float()
+            chosen, ids, logprobs, sampled = choose(scores, self.step)
             if k:
-                values, ids = scores.topk(k, dim=-1)
-                top = values[:, :1]
-            else:
-                top = scores.amax(dim=-1, keepdim=True)
-            weights = None
-            if k or params.temperature == 1.0:
-                weights = torch.exp(scores - top)  # in (0, 1], no overflow
-                log_norm = top + torch.log(weights.sum(dim=-1, keepdim=True))
-            if params.temperature == 0:
-                chosen = ids[:, :1] if k else scores.argmax(dim=-1, keepdim=True)
-            else:
-                if params.temperature != 1.0:
-                    weights = torch.sub(scores, top).div_(params.temperature).exp_()
-                chosen = _sample(weights, params.top_p, uniforms[:, self.step:self.step + 1])
-            if k:
-                self.topk_ids.append(ids.to(torch.int32))
-                self.topk_logprobs.append(values - log_norm)
-                self.sampled_logprobs.append(scores.gather(1, chosen) - log_norm)
+                self.topk_ids.append(ids)
+                self.topk_logprobs.append(logprobs)
+                self.sampled_logprobs.append(sampled)
             self.step += 1
             # generate() picks the argmax next: make it our choice. In place (no [batch, vocab]
             # copy) is safe because output_logits/output_scores are never requested.
@@ -150,6 +176,12 @@ def make_stop_criteria(tokenizer: Any, stop: Sequence[str], prompt_len: int, bat
     return _StopStrings()
 
 
+def cache_kwarg(model: Any) -> str:
+    """The keyword that hands a model its KV cache: ``cache`` from transformers 5.2x on
+    (``past_key_values`` is deprecated there, removed in 5.40), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
 def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[Any, Any]:
     torch = _torch()
     width = max(len(r) for r in rows)
@@ -188,7 +220,7 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
         # Sized for this batch. (generate's own cache_implementation="static" keeps the longest
         # length any earlier call used: after the demo's 560-position prompt-writing batches every
         # short answering batch attended over 560 positions, twice as slow as the dynamic cache.)
-        extra["past_key_values"] = StaticCache(config=model.config.get_text_config(decoder=True),
+        extra[cache_kwarg(model)] = StaticCache(config=model.config.get_text_config(decoder=True),
                                                max_cache_len=input_ids.shape[1] + params.max_new_tokens)
     # disable_compile: a static cache would otherwise trigger torch.compile on a GPU (minutes).
     config = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=False, num_beams=1, disable_compile=True,
@@ -221,6 +253,141 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
             "finish_reason": reason,
         })
     return rows
+
+
+def _growing_cache(model: Any, capacity: int) -> Any:
+    """A KV cache that allocates ``capacity`` positions once per layer, writes in place, and hands
+    attention only the positions written so far; ``batch_select_indices`` drops finished rows."""
+    torch = _torch()
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class _GrowingLayer(DynamicLayer):
+        def lazy_initialization(self, key_states: Any, value_states: Any) -> None:
+            self.dtype, self.device = key_states.dtype, key_states.device
+            batch, heads, _, key_dim = key_states.shape
+            self.key_buffer = key_states.new_empty(batch, heads, capacity, key_dim)
+            self.value_buffer = value_states.new_empty(batch, value_states.shape[1], capacity, value_states.shape[-1])
+            self.length = 0
+            self.is_initialized = True
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = self.length + key_states.shape[-2]
+            if end > capacity:  # pragma: no cover - decode_batch sizes the cache for prompt + max_new_tokens
+                raise AssertionError(f"KV cache of {capacity} positions overflowed")
+            self.key_buffer[:, :, self.length:end] = key_states
+            self.value_buffer[:, :, self.length:end] = value_states
+            self.length = end
+            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length if self.is_initialized else 0
+
+        def batch_select_indices(self, indices: Any) -> None:
+            if not self.is_initialized:
+                return
+            for name in ("key_buffer", "value_buffer"):
+                old = getattr(self, name)
+                new = old.new_empty(len(indices), *old.shape[1:])
+                torch.index_select(old[:, :, :self.length], 0, indices, out=new[:, :, :self.length])
+                setattr(self, name, new)
+            self.keys, self.values = self.key_buffer[:, :, :self.length], self.value_buffer[:, :, :self.length]
+
+    layers = model.config.get_text_config(decoder=True).num_hidden_layers
+    return Cache(layers=[_GrowingLayer() for _ in range(layers)])
+
+
+def shrinking_supported(model: Any) -> bool:
+    """decode_batch's cache holds full-attention layers only: no sliding-window or linear-attention layers."""
+    config = model.config.get_text_config(decoder=True)
+    types = getattr(config, "layer_types", None) or ["full_attention"]
+    return all(t == "full_attention" for t in types) and not getattr(config, "use_sliding_window", False)
+
+
+def decode_batch(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], seeds: Sequence[int],
+                 params: SamplingParams, *, eos_ids: Sequence[int], pad_id: int,
+                 prune_fraction: float = PRUNE_FRACTION) -> list[dict[str, Any]]:
+    """``generate_batch``'s rows from a decoding loop of our own that drops finished rows.
+
+    ``model.generate`` runs every row until the batch's longest one ends; on the demo teacher's
+    prompt writing that is ~20% of the work spent on rows already done, and its static cache
+    attends over all prompt + max_new_tokens positions from the first step. Here the KV cache is
+    allocated once, attention sees the positions written so far, and once finished rows make up
+    ``prune_fraction`` of the batch they leave it (one copy of the remaining rows' cache).
+    Same tokens and log-probs as ``generate_batch`` up to float rounding
+    (tests/teachers/test_hf.py).
+    """
+    torch = _torch()
+    device = next(model.parameters()).device
+    batch = len(prompts)
+    input_ids, attention_mask = _left_pad(prompts, pad_id, device)
+    steps, k = params.max_new_tokens, params.top_k_logprobs
+    choose = make_chooser(k, params, seeds, device)
+    cache = _growing_cache(model, input_ids.shape[1] + steps)
+    cache_arg = {cache_kwarg(model): cache}
+    eos = torch.tensor(sorted(set(int(e) for e in eos_ids)), dtype=torch.long, device=device)
+    window = max(len(s) for s in params.stop) + 8 if params.stop else 0
+
+    tokens = np.full((batch, steps), pad_id, dtype=np.int64)
+    if k:
+        topk_ids = torch.zeros((batch, steps, k), dtype=torch.int32, device=device)
+        topk_lp = torch.zeros((batch, steps, k), dtype=torch.float32, device=device)
+        sampled_lp = torch.zeros((batch, steps), dtype=torch.float32, device=device)
+    lengths = np.full(batch, steps, dtype=np.int64)
+    reasons = ["length"] * batch
+    rows = torch.arange(batch, device=device)  # the original index of each row still in the batch
+    live = torch.ones(batch, dtype=torch.bool, device=device)  # rows in the batch not yet finished
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp_(min=0)
+    with torch.inference_mode():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       use_cache=True, logits_to_keep=1, **cache_arg).logits[:, -1, :]
+        positions = position_ids[:, -1:] + 1
+        for step in range(steps):
+            chosen, ids, logprobs, sampled = choose(logits, step, rows)
+            live_idx = live.nonzero()[:, 0]
+            owners = rows[live_idx]
+            owners_np = owners.cpu().numpy()
+            tokens[owners_np, step] = chosen[live_idx, 0].cpu().numpy()
+            if k:
+                topk_ids[owners, step] = ids[live_idx]
+                topk_lp[owners, step] = logprobs[live_idx]
+                sampled_lp[owners, step] = sampled[live_idx, 0]
+            finished = torch.isin(chosen[:, 0], eos) & live
+            if window:  # a stop string completed by this token also ends the row (the token is kept)
+                for i, owner in zip(live_idx.tolist(), owners_np.tolist()):
+                    tail = tokenizer.decode(tokens[owner, max(0, step + 1 - window):step + 1].tolist())
+                    if any(s in tail for s in params.stop):
+                        finished[i] = True
+            for owner in rows[finished].tolist():
+                lengths[owner], reasons[owner] = step + 1, "stop"
+            live &= ~finished
+            remaining = int(live.sum())
+            if remaining == 0 or step == steps - 1:
+                break
+            if remaining < len(live) and len(live) - remaining >= prune_fraction * len(live):
+                keep = live.nonzero()[:, 0]
+                cache.batch_select_indices(keep)
+                attention_mask, positions, rows = attention_mask[keep], positions[keep], rows[keep]
+                chosen, live = chosen[keep], live[keep]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
+            logits = model(input_ids=chosen, attention_mask=attention_mask, position_ids=positions,
+                           use_cache=True, **cache_arg).logits[:, -1, :]
+            positions = positions + 1
+    if k:
+        topk_ids_np, topk_lp_np, sampled_np = topk_ids.cpu().numpy(), topk_lp.cpu().numpy(), sampled_lp.cpu().numpy()
+    out = []
+    for r in range(batch):
+        n = int(lengths[r])
+        out.append({
+            "response_ids": tokens[r, :n].astype(np.int32),
+            "topk_ids": topk_ids_np[r, :n].copy() if k else None,
+            "topk_logprobs": topk_lp_np[r, :n].copy() if k else None,
+            "sampled_logprobs": sampled_np[r, :n].copy() if k else None,
+            "finish_reason": reasons[r],
+        })
+    return out
 
 
 def score_batch(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], top_k: int,
@@ -333,14 +500,24 @@ class HFTeacher:
         return self._model
 
     def cache_for(self, params: SamplingParams) -> str:
-        """The KV cache for one generate call. ``auto``: static on CPU for long generations
-        (>= STATIC_MIN_NEW_TOKENS), where copying the growing cache every step cost the demo
-        teacher ~30% of its prompt-writing time (static: 0.90x the time at 320 new tokens), and
-        dynamic for short ones (static: 1.08x at 64) and on GPUs (not measured);
-        bench/generation_cache.md. Either way the same tokens."""
+        """How one generate call decodes. ``auto`` on CPU: ``shrinking`` (``decode_batch``: a KV
+        cache allocated once and filled in place, finished rows dropped from the batch) for models
+        whose layers all use full attention; on the demo teacher it writes prompts in 0.66x the
+        time of ``static`` and answers in 0.81x that of ``dynamic`` (bench/generation_cache.md).
+        Other models (sliding-window or linear-attention layers) go through ``model.generate``:
+        ``static`` for long generations (>= STATIC_MIN_NEW_TOKENS), ``dynamic`` for short ones.
+        On a GPU ``auto`` stays ``dynamic`` (the others are not measured there; name one to use
+        it). The same tokens either way, up to float rounding."""
         if self.kv_cache != "auto":
+            if self.kv_cache == "shrinking" and not shrinking_supported(self.model):
+                raise ConfigError(f"teacher hf.kv_cache: shrinking needs full-attention layers only; {self.model_id} "
+                                  "has sliding-window or linear-attention layers (use auto, dynamic or static)")
             return self.kv_cache
-        return "static" if self.device == "cpu" and params.max_new_tokens >= STATIC_MIN_NEW_TOKENS else "dynamic"
+        if self.device != "cpu":
+            return "dynamic"
+        if shrinking_supported(self.model):
+            return "shrinking"
+        return "static" if params.max_new_tokens >= STATIC_MIN_NEW_TOKENS else "dynamic"
 
     def fingerprint(self) -> dict[str, Any]:
         import torch
@@ -365,8 +542,13 @@ class HFTeacher:
                 raise ConfigError(f"request {request.key}: prompt of {len(request.prompt_ids)} tokens + "
                                   f"max_new_tokens {params.max_new_tokens} exceeds the teacher context {self.max_context}")
         for batch in self._batches(requests):
-            rows = generate_batch(self.model, self.tokenizer, [r.prompt_ids for r in batch], [r.seed for r in batch],
-                                  params, eos_ids=self.eos_ids, pad_id=self.pad_id, cache=self.cache_for(params))
+            cache = self.cache_for(params)
+            if cache == "shrinking":
+                rows = decode_batch(self.model, self.tokenizer, [r.prompt_ids for r in batch], [r.seed for r in batch],
+                                    params, eos_ids=self.eos_ids, pad_id=self.pad_id)
+            else:
+                rows = generate_batch(self.model, self.tokenizer, [r.prompt_ids for r in batch], [r.seed for r in batch],
+                                      params, eos_ids=self.eos_ids, pad_id=self.pad_id, cache=cache)
             for request, row in zip(batch, rows):
                 yield TeacherOutput(key=request.key, prompt_ids=np.asarray(request.prompt_ids, dtype=np.int32),
                                     text=self.tokenizer.decode(row["response_ids"].tolist(), skip_special_tokens=True),

@@ -130,12 +130,10 @@ def test_recipe_and_errors(tiny_teacher_dir, tmp_path):
 
 
 def test_static_and_dynamic_kv_cache_give_the_same_rows(tiny_teacher_dir):
-    """The static cache (auto on CPU for long generations) must not change a token or a stored log-prob."""
+    """model.generate's static cache (auto on CPU for long generations of models decode_batch
+    cannot run) must not change a token or a stored log-prob."""
     static = HFTeacher(str(tiny_teacher_dir), batch_size=3, kv_cache="static")
     dynamic = HFTeacher(str(tiny_teacher_dir), batch_size=3, kv_cache="dynamic")
-    auto = HFTeacher(str(tiny_teacher_dir), batch_size=3, device="cpu")
-    assert auto.cache_for(SamplingParams(max_new_tokens=320)) == "static"
-    assert auto.cache_for(SamplingParams(max_new_tokens=64)) == "dynamic"
     assert static.cache_for(SamplingParams(max_new_tokens=8)) == "static"
     # a long call first: the static cache of the short call after it is sized for that call alone
     for max_new in (24, 6):
@@ -148,3 +146,80 @@ def test_static_and_dynamic_kv_cache_give_the_same_rows(tiny_teacher_dir):
             assert a[key].finish_reason == b[key].finish_reason
     with pytest.raises(ConfigError, match="kv_cache"):
         HFTeacher(str(tiny_teacher_dir), kv_cache="paged")
+
+
+@pytest.fixture(scope="module")
+def demo_rows():
+    """The shipped demo teacher on 16 seed prompts whose greedy answers end (EOS) after 13, 15, 21, 22 and 23 tokens."""
+    import json
+    from pathlib import Path
+
+    teacher = load_teacher("demo")
+    root = Path(__file__).resolve().parents[2]
+    seeds = [json.loads(line)["prompt"] for line in (root / "data/demo/seeds.jsonl").open()]
+    picked = [seeds[i] for i in (*range(12), 18, 27, 32, 63)]
+    return teacher, [encode_prompt(teacher.tokenizer, [{"role": "user", "content": p}]) for p in picked]
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(max_new_tokens=40, temperature=1.0, top_p=0.9, top_k_logprobs=4),
+    SamplingParams(max_new_tokens=40, temperature=0.0, top_k_logprobs=5),
+    SamplingParams(max_new_tokens=40, temperature=0.8, top_p=0.95, top_k_logprobs=0),
+    SamplingParams(max_new_tokens=40, temperature=1.0, top_k_logprobs=2, stop=("Answer",)),
+    SamplingParams(max_new_tokens=9, temperature=0.0, top_k_logprobs=3),
+], ids=["sample-topk", "greedy-topk", "sample-no-capture", "stop-string", "length"])
+def test_shrinking_decode_matches_generate(demo_rows, params):
+    """decode_batch (our loop: finished rows leave the batch) writes what model.generate writes,
+    whichever share of finished rows triggers their removal (0.0: every step one finishes;
+    2.0: never, the loop then runs every row to the end like generate)."""
+    from distill.teachers.hf import decode_batch, generate_batch
+
+    teacher, prompts = demo_rows
+    seeds = list(range(40, 40 + len(prompts)))
+    reference = generate_batch(teacher.model, teacher.tokenizer, prompts, seeds, params, eos_ids=teacher.eos_ids,
+                               pad_id=teacher.pad_id, cache="dynamic")
+    lengths = {len(row["response_ids"]) for row in reference}
+    assert len(lengths) >= (1 if params.max_new_tokens < 10 else 3), f"rows should end at different steps: {lengths}"
+    for fraction in (0.0, 0.125, 0.5, 2.0):
+        rows = decode_batch(teacher.model, teacher.tokenizer, prompts, seeds, params, eos_ids=teacher.eos_ids,
+                            pad_id=teacher.pad_id, prune_fraction=fraction)
+        for got, want in zip(rows, reference):
+            assert got["response_ids"].tolist() == want["response_ids"].tolist(), fraction
+            assert got["finish_reason"] == want["finish_reason"]
+            if params.top_k_logprobs:
+                np.testing.assert_array_equal(got["topk_ids"], want["topk_ids"])
+                np.testing.assert_allclose(got["topk_logprobs"], want["topk_logprobs"], atol=1e-5)
+                np.testing.assert_allclose(got["sampled_logprobs"], want["sampled_logprobs"], atol=1e-5)
+            else:
+                assert got["topk_ids"] is None and want["topk_ids"] is None
+    if params.stop:
+        assert {row["finish_reason"] for row in reference} == {"stop"}
+        assert all("Answer" in teacher.tokenizer.decode(row["response_ids"].tolist()) for row in reference)
+    if params.max_new_tokens < 10:
+        assert "length" in {row["finish_reason"] for row in reference}
+
+
+def test_kv_cache_auto_picks_the_shrinking_loop_for_full_attention_only(tiny_teacher_dir, tmp_path):
+    import json
+    import shutil
+
+    auto = HFTeacher(str(tiny_teacher_dir), batch_size=3, device="cpu")
+    assert auto.cache_for(SamplingParams(max_new_tokens=320)) == "shrinking"
+    assert auto.cache_for(SamplingParams(max_new_tokens=8)) == "shrinking"
+    auto.device = "cuda"  # not measured on GPUs: auto keeps model.generate's dynamic cache there
+    assert auto.cache_for(SamplingParams(max_new_tokens=320)) == "dynamic"
+    # the same model with sliding-window layers: decode_batch's cache cannot hold them
+    windowed = tmp_path / "windowed"
+    shutil.copytree(tiny_teacher_dir, windowed)
+    config = json.loads((windowed / "config.json").read_text())
+    config.update(use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    config.pop("layer_types", None)
+    (windowed / "config.json").write_text(json.dumps(config))
+    fallback = HFTeacher(str(windowed), batch_size=3, device="cpu")
+    assert fallback.cache_for(SamplingParams(max_new_tokens=320)) == "static"
+    assert fallback.cache_for(SamplingParams(max_new_tokens=64)) == "dynamic"
+    outputs = list(fallback.generate(requests_for(fallback)[:2], SamplingParams(max_new_tokens=5, top_k_logprobs=2)))
+    assert len(outputs) == 2 and all(o.topk_ids.shape[1] == 2 for o in outputs)
+    forced = HFTeacher(str(windowed), batch_size=3, device="cpu", kv_cache="shrinking")
+    with pytest.raises(ConfigError, match="sliding-window"):
+        list(forced.generate(requests_for(forced)[:1], SamplingParams(max_new_tokens=5)))
