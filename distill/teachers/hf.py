@@ -1,4 +1,10 @@
-"""In-process Hugging Face teacher: `model.generate` with the top-k captured on the fly.
+"""In-process Hugging Face teacher: decoding with the top-k captured on the fly.
+
+Two decoding paths share one chooser (``make_chooser``): ``model.generate`` with a logits
+processor (``generate_batch``), and ``decode_batch``, distill's own loop over a KV cache
+allocated once, from which finished rows are dropped (``HFTeacher.cache_for`` picks; both write
+the same tokens). What follows is said of ``generate``; ``decode_batch`` calls the model's
+forward directly and hands the chooser the same raw logits.
 
 How the raw distribution is captured: ``generate`` runs with a clean ``GenerationConfig``
 (greedy, no penalties, no warpers), so the only logits processor is ``_Capture``, and the
