@@ -306,10 +306,15 @@ def _growing_cache(model: Any, capacity: int) -> Any:
 
 
 def shrinking_supported(model: Any) -> bool:
-    """decode_batch's cache holds full-attention layers only: no sliding-window or linear-attention layers."""
+    """Whether ``decode_batch`` can run ``model``: every layer full attention (its cache holds no
+    sliding-window or linear-attention state), and a forward that takes explicit position ids, a
+    cache and ``logits_to_keep`` (transformers' own decoder-only models do)."""
     config = model.config.get_text_config(decoder=True)
     types = getattr(config, "layer_types", None) or ["full_attention"]
-    return all(t == "full_attention" for t in types) and not getattr(config, "use_sliding_window", False)
+    if not all(t == "full_attention" for t in types) or getattr(config, "use_sliding_window", False):
+        return False
+    accepted = inspect.signature(type(model).forward).parameters
+    return {"position_ids", "logits_to_keep", cache_kwarg(model)} <= set(accepted)
 
 
 def decode_batch(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], seeds: Sequence[int],
@@ -516,8 +521,9 @@ class HFTeacher:
         it). The same tokens either way, up to float rounding."""
         if self.kv_cache != "auto":
             if self.kv_cache == "shrinking" and not shrinking_supported(self.model):
-                raise ConfigError(f"teacher hf.kv_cache: shrinking needs full-attention layers only; {self.model_id} "
-                                  "has sliding-window or linear-attention layers (use auto, dynamic or static)")
+                raise ConfigError(f"teacher hf.kv_cache: shrinking needs full-attention layers and a forward taking "
+                                  f"position_ids, a cache and logits_to_keep; {self.model_id} has sliding-window or "
+                                  "linear-attention layers or another forward (use auto, dynamic or static)")
             return self.kv_cache
         if self.device != "cpu":
             return "dynamic"

@@ -223,3 +223,20 @@ def test_kv_cache_auto_picks_the_shrinking_loop_for_full_attention_only(tiny_tea
     forced = HFTeacher(str(windowed), batch_size=3, device="cpu", kv_cache="shrinking")
     with pytest.raises(ConfigError, match="sliding-window"):
         list(forced.generate(requests_for(forced)[:1], SamplingParams(max_new_tokens=5)))
+
+
+def test_shrinking_needs_a_forward_with_positions_cache_and_logits_to_keep(tiny_teacher_dir):
+    from transformers import Qwen2ForCausalLM
+
+    from distill.teachers.hf import cache_kwarg, shrinking_supported
+
+    model = Qwen2ForCausalLM.from_pretrained(tiny_teacher_dir)
+    assert shrinking_supported(model)
+
+    class PlainForward(Qwen2ForCausalLM):  # a model whose forward takes none of the three
+        def forward(self, input_ids=None, attention_mask=None, **kwargs):
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    plain = PlainForward(model.config)
+    assert not shrinking_supported(plain)
+    assert cache_kwarg(plain) == "past_key_values"
