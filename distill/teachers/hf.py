@@ -155,12 +155,24 @@ def _sample(weights: Any, top_p: float, uniform: Any) -> Any:
     return torch.searchsorted(cdf, (uniform * cdf[:, -1:]).to(cdf.dtype)).clamp_(max=cdf.shape[-1] - 1)
 
 
+def stop_window(stop: Sequence[str]) -> int:
+    """How many trailing tokens to decode to see any stop string whole (every token decodes to
+    >= 0 characters, most to >= 1)."""
+    return max(len(s) for s in stop) + 8
+
+
+def tail_has_stop(tokenizer: Any, tail_ids: Sequence[int], stop: Sequence[str]) -> bool:
+    """Whether the decoded tail of a response contains one of the stop strings."""
+    tail = tokenizer.decode(list(tail_ids))
+    return any(s in tail for s in stop)
+
+
 def make_stop_criteria(tokenizer: Any, stop: Sequence[str], prompt_len: int, batch: int):
     """StoppingCriteria that ends a row once its decoded tail contains a stop string; records the step."""
     torch = _torch()
     from transformers import StoppingCriteria
 
-    window = max(len(s) for s in stop) + 8  # tokens: every token decodes to >= 0 chars, most to >= 1
+    window = stop_window(stop)
 
     class _StopStrings(StoppingCriteria):
         def __init__(self) -> None:
@@ -173,8 +185,7 @@ def make_stop_criteria(tokenizer: Any, stop: Sequence[str], prompt_len: int, bat
                 if self.stopped_at[row] >= 0:
                     done[row] = True
                     continue
-                tail = tokenizer.decode(input_ids[row, max(prompt_len, input_ids.shape[1] - window):].tolist())
-                if any(s in tail for s in stop):
+                if tail_has_stop(tokenizer, input_ids[row, max(prompt_len, input_ids.shape[1] - window):].tolist(), stop):
                     self.stopped_at[row] = generated
                     done[row] = True
             return done
@@ -186,6 +197,18 @@ def cache_kwarg(model: Any) -> str:
     """The keyword that hands a model its KV cache: ``cache`` from transformers 5.2x on
     (``past_key_values`` is deprecated there, removed in 5.40), ``past_key_values`` before."""
     return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
+def _row(response_ids: Any, topk_ids: Any, topk_logprobs: Any, sampled_logprobs: Any, length: int,
+         reason: str) -> dict[str, Any]:
+    """One decoded row, trimmed to ``length`` generated tokens (numpy; capture arrays None without capture)."""
+    return {
+        "response_ids": response_ids[:length].astype(np.int32),
+        "topk_ids": topk_ids[:length].astype(np.int32) if topk_ids is not None else None,
+        "topk_logprobs": topk_logprobs[:length].astype(np.float32) if topk_logprobs is not None else None,
+        "sampled_logprobs": sampled_logprobs[:length].astype(np.float32) if sampled_logprobs is not None else None,
+        "finish_reason": reason,
+    }
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[Any, Any]:
@@ -251,13 +274,8 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
             length, reason = stop_strings.stopped_at[r], "stop"
         if reason == "length" and length < params.max_new_tokens:  # pragma: no cover - generate invariant
             raise AssertionError(f"row {r} ended after {length} tokens without EOS or stop string")
-        rows.append({
-            "response_ids": generated[r, :length].copy(),
-            "topk_ids": topk_ids[r, :length].astype(np.int32) if k else None,
-            "topk_logprobs": topk_lp[r, :length].astype(np.float32) if k else None,
-            "sampled_logprobs": sampled_lp[r, :length].astype(np.float32) if k else None,
-            "finish_reason": reason,
-        })
+        rows.append(_row(generated[r], topk_ids[r] if k else None, topk_lp[r] if k else None,
+                         sampled_lp[r] if k else None, length, reason))
     return rows
 
 
@@ -339,7 +357,7 @@ def decode_batch(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], s
     cache = _growing_cache(model, input_ids.shape[1] + steps)
     cache_arg = {cache_kwarg(model): cache}
     eos = torch.tensor(sorted(set(int(e) for e in eos_ids)), dtype=torch.long, device=device)
-    window = max(len(s) for s in params.stop) + 8 if params.stop else 0
+    window = stop_window(params.stop) if params.stop else 0
 
     tokens = np.full((batch, steps), pad_id, dtype=np.int64)
     if k:
@@ -368,8 +386,7 @@ def decode_batch(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], s
             finished = torch.isin(chosen[:, 0], eos) & live
             if window:  # a stop string completed by this token also ends the row (the token is kept)
                 for i, owner in zip(live_idx.tolist(), owners_np.tolist()):
-                    tail = tokenizer.decode(tokens[owner, max(0, step + 1 - window):step + 1].tolist())
-                    if any(s in tail for s in params.stop):
+                    if tail_has_stop(tokenizer, tokens[owner, max(0, step + 1 - window):step + 1].tolist(), params.stop):
                         finished[i] = True
             for owner in rows[finished].tolist():
                 lengths[owner], reasons[owner] = step + 1, "stop"
@@ -388,17 +405,8 @@ def decode_batch(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], s
             positions = positions + 1
     if k:
         topk_ids_np, topk_lp_np, sampled_np = topk_ids.cpu().numpy(), topk_lp.cpu().numpy(), sampled_lp.cpu().numpy()
-    out = []
-    for r in range(batch):
-        n = int(lengths[r])
-        out.append({
-            "response_ids": tokens[r, :n].astype(np.int32),
-            "topk_ids": topk_ids_np[r, :n].copy() if k else None,
-            "topk_logprobs": topk_lp_np[r, :n].copy() if k else None,
-            "sampled_logprobs": sampled_np[r, :n].copy() if k else None,
-            "finish_reason": reasons[r],
-        })
-    return out
+    return [_row(tokens[r], topk_ids_np[r] if k else None, topk_lp_np[r] if k else None, sampled_np[r] if k else None,
+                 int(lengths[r]), reasons[r]) for r in range(batch)]
 
 
 def score_batch(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], top_k: int,
@@ -553,8 +561,10 @@ class HFTeacher:
             if len(request.prompt_ids) + params.max_new_tokens > self.max_context:
                 raise ConfigError(f"request {request.key}: prompt of {len(request.prompt_ids)} tokens + "
                                   f"max_new_tokens {params.max_new_tokens} exceeds the teacher context {self.max_context}")
+        if not requests:
+            return  # nothing to decode: do not load the model to pick a decoding path
+        cache = self.cache_for(params)
         for batch in self._batches(requests):
-            cache = self.cache_for(params)
             if cache == "shrinking":
                 rows = decode_batch(self.model, self.tokenizer, [r.prompt_ids for r in batch], [r.seed for r in batch],
                                     params, eos_ids=self.eos_ids, pad_id=self.pad_id)
