@@ -119,7 +119,7 @@ def bookkeeping_at_scale(teacher_dir: Path, suite: Path) -> dict:
         max_context = 4096
 
     config = AugmentConfig(progress=False)
-    templates: Templates = resolve_templates(config, {})
+    templates: Templates = resolve_templates(config)
     state = _State(config, seeds(), templates, TokenizerOnly)
     contamination, _, _ = load_suite_index(str(suite))
     _screen(state, word_problem(random.Random(2)), 3968, TokenizerOnly, contamination, {})  # lazy imports

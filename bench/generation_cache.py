@@ -49,7 +49,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     recipe = teacher_recipe("demo")
     teacher = load_teacher("demo")
-    template = recipe["augment"]["meta_prompt"]
+    template = recipe.augment["meta_prompt"]
     seeds = [json.loads(line)["prompt"] for line in (ROOT / "data/demo/seeds.jsonl").open()]
     rng = random.Random(0)
     prompts = [encode_prompt(teacher.tokenizer, ({"role": "user", "content": render_meta_prompt(template, rng.sample(seeds, 3), 5)},))

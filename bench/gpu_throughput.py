@@ -27,14 +27,14 @@ def bench(name: str, shape: dict, args) -> dict:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from distill.train import _student_with_loss_cls
+    from distill.train.student import student_with_loss_cls
 
     torch.manual_seed(0)
     config = Qwen2Config(**shape, max_position_embeddings=32768, use_cache=False)
     model = Qwen2ForCausalLM(config).to("cuda", dtype=torch.bfloat16)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    wrapper = _student_with_loss_cls()(model, {"divergence_name": "forward_kl", "temperature": 1.0,
+    wrapper = student_with_loss_cls()(model, {"divergence_name": "forward_kl", "temperature": 1.0,
                                                "beta": 0.5, "alpha": 0.1}, None)
     opt = torch.optim.AdamW(wrapper.parameters(), lr=1e-5, fused=True)
     rows, seq = args.tokens_per_batch // args.seq_len, args.seq_len

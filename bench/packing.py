@@ -60,8 +60,8 @@ def main() -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from distill import train_data
-    from distill.train import _student_with_loss_cls
+    from distill.train import data as train_data
+    from distill.train.student import student_with_loss_cls
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -72,7 +72,7 @@ def main() -> None:
                          num_key_value_heads=max(1, args.hidden // 128), tie_word_embeddings=True, use_cache=False)
     model = Qwen2ForCausalLM._from_config(config, attn_implementation=args.attn, dtype=dtype).to(device)
     options = {"divergence_name": "forward_kl", "temperature": 1.0, "beta": 0.5, "alpha": 0.1}
-    wrapper = _student_with_loss_cls()(model, options, None, flatten_packed=args.attn.startswith("flash_attention"))
+    wrapper = student_with_loss_cls()(model, options, None, flatten_packed=args.attn.startswith("flash_attention"))
     optimizer = torch.optim.AdamW(wrapper.parameters(), lr=1e-5)
 
     rows = synthetic_rows(args.rows, args.vocab, args.top_k, args.max_seq_len, seed=0)

@@ -33,7 +33,7 @@ def main() -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from distill.train import _student_with_loss_cls
+    from distill.train.student import student_with_loss_cls
 
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
@@ -42,7 +42,7 @@ def main() -> None:
     sft_model = Qwen2ForCausalLM(config)
     kd_model = Qwen2ForCausalLM(config)
     kd_model.load_state_dict(sft_model.state_dict())
-    wrapper = _student_with_loss_cls()(kd_model, {"divergence_name": "forward_kl", "temperature": 1.0,
+    wrapper = student_with_loss_cls()(kd_model, {"divergence_name": "forward_kl", "temperature": 1.0,
                                                   "beta": 0.5, "alpha": 0.1}, None)
     opt_sft = torch.optim.AdamW(sft_model.parameters(), lr=1e-5)
     opt_kd = torch.optim.AdamW(wrapper.parameters(), lr=1e-5)

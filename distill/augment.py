@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import random
 import re
 import string
@@ -34,10 +33,12 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
-from distill.config import ConfigError, field
+from distill.atomic import atomic_write_text
+from distill.config import ConfigError, bad, field
 from distill.prompts import PromptRecord, encode_prompt, normalize_text, prompt_hash
+from distill.teachers import Backend, TeacherRecipe
 
 AUGMENT_FORMAT_VERSION = 1
 SHINGLE_KINDS = ("word", "char")
@@ -100,8 +101,8 @@ class AugmentConfig:
     teacher: str = field("", help="teacher recipe name, recipe YAML, or local HF model directory")
     prompts: str = field("", help="seed prompts (JSONL/CSV/Parquet/datasets folder)")
     out: str = field("", help="output directory: prompts.jsonl, rejected.jsonl, augment.json, rounds/")
-    num_prompts: int = field(1000, help="number of synthetic prompts to accept")
-    backend: str | None = field(None, help="teacher backend (hf, vllm, openai); default: the recipe's")
+    num_prompts: int = field(1000, help="number of synthetic prompts to accept", short="-n")
+    backend: Backend | None = field(None, help="teacher backend", default_text="the recipe's")
     seed: int = field(0, help="random seed: example draws and sampling seeds derive from it")
     max_rounds: int = field(50, help="round budget: stop after this many rounds even if short of num_prompts")
     requests_per_round: int = field(0, help="teacher generations per round; 0 = sized from the remaining target and the yield so far (at most 256)")
@@ -115,22 +116,22 @@ class AugmentConfig:
     max_prompt_tokens: int = field(0, help="reject prompts longer than this many teacher tokens (0 = context minus max_new_tokens only)")
     min_words: int = field(3, help="reject prompts with fewer words")
     near_dup_threshold: float = field(0.7, help="Jaccard similarity of shingle sets at or above which a prompt is a near duplicate")
-    shingle: str = field("word", help="shingle kind for near-dup detection: word or char")
+    shingle: Literal["word", "char"] = field("word", help="shingle kind for near-dup detection")
     shingle_size: int = field(3, help="words (or characters) per shingle")
     num_perm: int = field(128, help="MinHash permutations")
     decontaminate: str | None = field(None, help="eval suite (name in eval/ or JSONL path) whose prompts no synthetic prompt may share an n-gram with")
     decontaminate_ngram: int = field(13, help="n-gram size (words) for decontamination")
     judge_threshold: float = field(0.0, help="keep prompts the teacher scores >= this (1-5); 0 = no judge")
     judge_max_tokens: int = field(8, help="tokens the judge may write")
-    meta_prompt: str | None = field(None, help="meta-prompt template ({examples} required, {num_new} optional); default: the recipe's augment.meta_prompt, else built in")
-    judge_prompt: str | None = field(None, help="judge template ({prompt} required, {rubric} optional); default: recipe's, else built in")
-    judge_rubric: str | None = field(None, help="rubric text for the judge; default: recipe's augment.judge_rubric, else built in")
+    meta_prompt: str | None = field(None, help="meta-prompt template ({examples} required, {num_new} optional)", default_text="the recipe's augment.meta_prompt, else built in")
+    judge_prompt: str | None = field(None, help="judge template ({prompt} required, {rubric} optional)", default_text="the recipe's augment.judge_prompt, else built in")
+    judge_rubric: str | None = field(None, help="rubric text for the judge", default_text="the recipe's augment.judge_rubric, else built in")
     progress: bool = field(True, help="show a progress bar")
 
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, msg: str) -> None:
             if not ok:
-                raise ValueError(f"{name} {msg}, got {getattr(self, name)!r}")
+                bad(name, f"{msg}, got {getattr(self, name)!r}")
 
         check(self.num_prompts >= 1, "num_prompts", "must be >= 1")
         check(self.max_rounds >= 1, "max_rounds", "must be >= 1")
@@ -179,13 +180,10 @@ def check_template(template: str, key: str, where: str) -> None:
         raise ConfigError(f"{where}: {key}: unknown placeholder {{{unknown[0]}}} (allowed: {', '.join('{' + n + '}' for n in sorted(allowed))}; write literal braces as {{{{ and }}}})")
 
 
-def resolve_templates(config: AugmentConfig, recipe: dict[str, Any] | None = None) -> Templates:
+def resolve_templates(config: AugmentConfig, recipe: "TeacherRecipe | None" = None) -> Templates:
     """Templates from, in order of precedence: the config, the teacher recipe's ``augment`` key, defaults."""
-    recipe = recipe or {}
-    where_recipe = str(recipe.get("recipe_path", "teacher recipe"))
-    section = recipe.get("augment") or {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"{where_recipe}: 'augment' must be a mapping with keys {', '.join(RECIPE_KEYS)}")
+    where_recipe = recipe.source if recipe is not None else "teacher recipe"
+    section = recipe.block("augment") if recipe is not None else {}
     unknown = sorted(set(section) - set(RECIPE_KEYS))
     if unknown:
         raise ConfigError(f"{where_recipe}: unknown key 'augment.{unknown[0]}'; known keys: {', '.join(RECIPE_KEYS)}")
@@ -341,23 +339,6 @@ def record_from_json(row: dict[str, Any]) -> PromptRecord:
     return PromptRecord(id=row["id"], messages=tuple(row["messages"]), reference=row.get("reference"), origin=row.get("origin") or {})
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file, fsync and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
 
 
 @dataclass
@@ -646,7 +627,7 @@ def augment_prompts(
     seeds: Sequence[PromptRecord],
     config: AugmentConfig,
     *,
-    recipe: dict[str, Any] | None = None,
+    recipe: "TeacherRecipe | None" = None,
     work_dir: str | Path | None = None,
 ) -> AugmentResult:
     """Expand ``seeds`` into ``config.num_prompts`` accepted synthetic prompts with ``teacher``.

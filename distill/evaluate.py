@@ -39,18 +39,18 @@ import datetime as _dt
 import gc
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import numpy as np
 
-from distill.config import ConfigError, field
+from distill.atomic import atomic_write_bytes, atomic_write_with
+from distill.config import ConfigError, bad, field
+from distill.errors import ExitCode
 from distill.scorers import (
     Suite,
     SuiteRow,
@@ -62,9 +62,9 @@ from distill.scorers import (
     score_output,
 )
 
-EXIT_OK = 0
-EXIT_GATE_FAILED = 3
-EXIT_MODEL_FAILED = 4
+EXIT_OK = int(ExitCode.OK)
+EXIT_GATE_FAILED = int(ExitCode.GATE_FAILED)
+EXIT_MODEL_FAILED = int(ExitCode.MODEL_FAILED)
 
 # The per-model numbers a --gate expression may name (model.metric).
 GATE_METRICS = (
@@ -91,11 +91,12 @@ _Z95 = 1.959963984540054
 
 @dataclass(frozen=True)
 class EvalConfig:
-    models: tuple[str, ...] = field((), help="models to evaluate, each NAME=PATH (HF model dir, recipe name or path, or hub id)")
+    models: tuple[str, ...] = field((), help="model to evaluate, NAME=PATH (HF model dir, recipe name or path, or hub id); "
+                                    "repeatable", flag="--model", default_text="required")
     suite: str = field("example", help="suite file (JSONL) or the name of a suite shipped in eval/")
     out: str = field("runs/eval", help="output folder for report.json, report.md, report.png, outputs/")
     teacher: str | None = field(None, help="the teacher for agreement and KL: a --model NAME, or a teacher recipe/dir")
-    judge: str | None = field(None, help="LLM judge for 'judge' rows: a --model NAME or teacher recipe/dir (default: --teacher)")
+    judge: str | None = field(None, help="LLM judge for 'judge' rows: a --model NAME or teacher recipe/dir", default_text="--teacher")
     gate: str | None = field(None, help="pass/fail expression, e.g. 'student.score >= 0.95 * teacher.score' (exit 3 when false)")
     max_new_tokens: int = field(128, help="greedy generation length limit, the same for every model")
     batch_size: int = field(16, help="generation batch size (scoring, and the batched speed figure)")
@@ -105,23 +106,23 @@ class EvalConfig:
     speed_rounds: int = field(3, help="timing rounds, the models taking turns; tokens/s is the median over rounds")
     judge_max_new_tokens: int = field(16, help="tokens the judge may write for its 'Score: N' reply")
     device: str = field("auto", help="auto (cuda when available), cpu, cuda, cuda:N")
-    dtype: str = field("auto", help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field("auto", help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16")
     seed: int = field(0, help="seed of the bootstrap confidence interval")
 
     def __post_init__(self) -> None:
         if not self.models:
-            raise ValueError("give at least one --model NAME=PATH")
+            bad("models", "give at least one --model NAME=PATH")
         if not str(self.suite).strip():
-            raise ValueError("--suite must not be empty")
+            bad("suite", "must not be empty")
         for name in ("max_new_tokens", "batch_size", "kl_top_k", "speed_prompts", "speed_rounds", "judge_max_new_tokens"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                bad(name, f"must be >= 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be >= 1, got {self.limit}")
+            bad("limit", f"must be >= 1, got {self.limit}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+            bad("dtype", f"must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+            bad("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 # ---------------------------------------------------------------- model specs
@@ -149,7 +150,7 @@ def resolve_model(spec: str) -> tuple[str, str]:
     "hf" (loaded here with transformers) unless a teacher recipe names vllm or openai: such a
     model is then run through its Teacher backend. A spec that names nothing is a ConfigError; a
     dir that exists but does not load is reported later as that model's failure."""
-    from distill.recipes import resolve_recipe
+    from distill.recipes import find_recipe, looks_like_hub_id
     from distill.teachers import teacher_recipe
 
     path = Path(spec)
@@ -157,25 +158,34 @@ def resolve_model(spec: str) -> tuple[str, str]:
         if not (path / "config.json").is_file() and (path / "final" / "config.json").is_file():
             return str(path / "final"), "hf"  # a `distill train` output folder: its merged model
         return str(path), "hf"
-    try:
-        recipe = teacher_recipe(spec)
-        return str(recipe["model"]), str(recipe.get("backend", "hf"))
-    except (ConfigError, FileNotFoundError):
-        pass
-    try:
-        recipe_path, recipe = resolve_recipe("students", spec)
-    except (ConfigError, FileNotFoundError):
-        recipe_path = None
-    if recipe_path is not None:
-        if "model" not in recipe:
-            raise ConfigError(f"--model {spec}: recipe {recipe_path} names no 'model' to evaluate (train it first, then pass the output dir)")
-        model = str(recipe["model"])
-        candidate = (recipe_path.parent / model).resolve()
-        return (str(candidate) if candidate.exists() else model), "hf"
-    first = spec.split("/", 1)[0]
-    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not Path(first).exists():
-        return spec, "hf"  # a hub id such as Qwen/Qwen2.5-0.5B-Instruct
+    teacher_path, student_path = find_recipe("teachers", spec), find_recipe("students", spec)
+    if teacher_path is not None:
+        try:
+            recipe = teacher_recipe(spec)
+            return recipe.model, recipe.backend
+        except ConfigError:
+            if student_path != teacher_path:  # a recipe YAML path may be either kind: try the other
+                raise
+            try:
+                return _student_model(spec), "hf"
+            except ConfigError:
+                pass
+            raise
+    if student_path is not None:
+        return _student_model(spec), "hf"
+    if looks_like_hub_id(spec):
+        return spec, "hf"  # e.g. Qwen/Qwen2.5-0.5B-Instruct
     raise ConfigError(f"--model: '{spec}' is not a model directory, a teacher/student recipe, or a hub id (org/name)")
+
+
+def _student_model(spec: str) -> str:
+    from distill.train.student import resolve_student
+
+    source, _ = resolve_student(spec)
+    if source.model is None:
+        raise ConfigError(f"--model {spec}: student recipe {source.origin} names no 'model' to evaluate (train "
+                          "it first, then pass the output dir)")
+    return source.model
 
 
 # ---------------------------------------------------------------- gate
@@ -942,7 +952,7 @@ def _protocol_teacher_ref(spec: str, suite: Suite, config: EvalConfig) -> Teache
     from distill.prompts import encode_prompt
     from distill.teachers import teacher_recipe
 
-    opened = _open_backend(spec, str(teacher_recipe(spec)["model"]), config)
+    opened = _open_backend(spec, teacher_recipe(spec).model, config)
     try:
         prompts = [(encode_prompt(opened.tokenizer, row.messages), row.messages) for row in suite.rows]
         generations = opened.generate(prompts, config.kl_top_k, f"teacher {spec}: generate")
@@ -1191,24 +1201,9 @@ def format_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     text = "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in records)
-    _atomic_write(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _json_default(value: Any) -> Any:
@@ -1250,16 +1245,14 @@ def plot_chart(report: dict[str, Any], path: Path) -> None:
         if e.get("status") != "ok":
             ax_score.text(i, 0.02, "failed", ha="center", color="red")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_report(report: dict[str, Any], out_dir: Path, chart: bool = True) -> None:
     """report.json, report.md (and report.png), each written atomically."""
-    _atomic_write(out_dir / "report.json", (json.dumps(report, indent=2, default=_json_default) + "\n").encode("utf-8"))
-    _atomic_write(out_dir / "report.md", format_markdown(report).encode("utf-8"))
+    atomic_write_bytes(out_dir / "report.json", (json.dumps(report, indent=2, default=_json_default) + "\n").encode("utf-8"))
+    atomic_write_bytes(out_dir / "report.md", format_markdown(report).encode("utf-8"))
     if chart and report["models"]:
         try:
             plot_chart(report, out_dir / "report.png")

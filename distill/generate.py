@@ -25,20 +25,21 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from distill.config import ConfigError, field
+from distill.config import ConfigError, bad, field
 from distill.corpus.schema import DEFAULT_LOGPROB_SCALE
+from distill.teachers import BACKENDS, Backend
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
-    """'i/N' -> (i, N) with 0 <= i < N; errors name the flag."""
+    """'i/N' -> (i, N) with 0 <= i < N."""
     try:
         index, count = (int(x) for x in spec.split("/"))
     except ValueError:
-        raise ValueError(f"--shard must look like i/N (e.g. 0/4), got {spec!r}") from None
+        raise ValueError(f"must look like i/N (e.g. 0/4), got {spec!r}") from None
     if not 0 <= index < count:
-        raise ValueError(f"--shard {spec}: need 0 <= i < N")
+        raise ValueError(f"{spec}: need 0 <= i < N")
     return index, count
 
 
@@ -50,15 +51,15 @@ class GenerateConfig:
     prompts: str | tuple[str, ...] = field("", help="seed prompts: .jsonl, .csv, .parquet, or a datasets.save_to_disk "
                                            "folder; a list reads several as one set")
     out: str = field("", help="corpus output directory (resumable; shared by --shard workers)")
-    backend: str | None = field(None, help="teacher backend: hf, vllm or openai (default: the recipe's)")
+    backend: Backend | None = field(None, help="teacher backend", default_text="the recipe's")
     top_k: int = field(20, help="teacher log-probs stored per response token (>= 1)")
     max_new_tokens: int = field(256, help="response length limit in tokens")
     temperature: float = field(1.0, help="sampling temperature (0 = greedy); stored log-probs are always temperature 1")
     top_p: float = field(1.0, help="nucleus sampling threshold for the response (stored log-probs are unwarped)")
     samples_per_prompt: int = field(1, help="responses sampled per prompt (one corpus row each)")
     seed: int = field(0, help="base seed: each row's sampling seed derives from it and the row id")
-    batch_size: int | None = field(None, help="prompts per teacher batch (default: the recipe's, else 8)")
-    stop: tuple[str, ...] = field((), help="extra stop strings (EOS always stops)")
+    batch_size: int | None = field(None, help="prompts per teacher batch", default_text="the recipe's, else 8")
+    stop: tuple[str, ...] = field((), help="extra stop string, repeatable (EOS always stops)", default_text="EOS only")
     shard: str = field("0/1", help="i/N: this worker writes every N-th shard of the corpus, starting at i")
     rows_per_shard: int = field(1024, help="rows per Parquet shard file (the unit of resume)")
     skip_invalid: bool = field(False, help="skip invalid seed records (counted per reason in the manifest) instead of failing")
@@ -70,41 +71,46 @@ class GenerateConfig:
     augment_config: str | None = field(None, help="YAML of AugmentConfig keys (few_shot, near_dup_threshold, ...) for --augment")
     decontaminate: str | None = field(None, help="with --augment: eval suite (name in eval/ or JSONL) no synthetic prompt may share a 13-gram with")
     judge_threshold: float = field(0.0, help="with --augment: keep synthetic prompts the teacher judges >= this (1-5); 0 = no judge")
-    responses: str = field("teacher", help="teacher: the teacher samples each response; reference: each prompt's labelled "
+    responses: Literal["teacher", "reference"] = field("teacher", help="teacher: the teacher samples each response; reference: each prompt's labelled "
                            "`reference` is the response and the teacher scores it (top-k at every position), for SFT/KD on labelled data")
 
     def __post_init__(self) -> None:
-        for name, flag in (("teacher", "--teacher"), ("prompts", "--prompts"), ("out", "--out")):
+        for name in ("teacher", "prompts", "out"):
             if not getattr(self, name):
-                raise ValueError(f"{flag} is required")
+                bad(name, "required")
+        if self.backend is not None and self.backend not in BACKENDS:
+            bad("backend", f"choose one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.top_k < 1:
-            raise ValueError(f"--top-k must be >= 1 (logit distillation needs the teacher's top-k), got {self.top_k}")
+            bad("top_k", f"must be >= 1 (logit distillation needs the teacher's top-k), got {self.top_k}")
         if self.top_k > 1000:
-            raise ValueError(f"--top-k must be <= 1000, got {self.top_k}")
+            bad("top_k", f"must be <= 1000, got {self.top_k}")
         if self.max_new_tokens < 1:
-            raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+            bad("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
-            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+            bad("temperature", f"must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+            bad("top_p", f"must be in (0, 1], got {self.top_p}")
         if self.samples_per_prompt < 1:
-            raise ValueError(f"--samples-per-prompt must be >= 1, got {self.samples_per_prompt}")
+            bad("samples_per_prompt", f"must be >= 1, got {self.samples_per_prompt}")
         if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+            bad("batch_size", f"must be >= 1, got {self.batch_size}")
         if self.rows_per_shard < 1:
-            raise ValueError(f"--rows-per-shard must be >= 1, got {self.rows_per_shard}")
+            bad("rows_per_shard", f"must be >= 1, got {self.rows_per_shard}")
         if not 16 <= self.logprob_scale <= 1 << 16:
-            raise ValueError(f"logprob_scale must be in [16, 65536], got {self.logprob_scale}")
-        parse_shard(self.shard)
+            bad("logprob_scale", f"must be in [16, 65536], got {self.logprob_scale}")
+        try:
+            parse_shard(self.shard)
+        except ValueError as exc:
+            bad("shard", str(exc))
         if self.augment < 0:
-            raise ValueError(f"--augment must be >= 0, got {self.augment}")
+            bad("augment", f"must be >= 0, got {self.augment}")
         if self.responses not in ("teacher", "reference"):
-            raise ValueError(f"--responses must be teacher or reference, got {self.responses!r}")
+            bad("responses", f"must be teacher or reference, got {self.responses!r}")
         if self.responses == "reference" and (self.augment or self.samples_per_prompt > 1):
-            raise ValueError("--responses reference answers each labelled prompt once: no --augment, --samples-per-prompt 1")
+            bad("responses", "reference answers each labelled prompt once: no --augment, --samples-per-prompt 1")
         if self.augment and parse_shard(self.shard)[1] > 1:
-            raise ValueError("--augment with --shard: run `distill augment` once, then every worker with "
-                             "--prompts AUGMENT_DIR/prompts.jsonl, so all workers answer the same prompts")
+            bad("augment", "with --shard: run `distill augment` once, then every worker with "
+                           "--prompts AUGMENT_DIR/prompts.jsonl, so all workers answer the same prompts")
 
     def generation_params(self) -> dict[str, Any]:
         """What determines a response besides teacher and prompt: part of every row id."""

@@ -40,12 +40,15 @@ DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", 
 
 # ----------------------------------------------------------------------------- bins
 
-def teacher_bins(topk_logprobs: torch.Tensor, valid: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+def teacher_bins(topk_logprobs: torch.Tensor, valid: torch.Tensor | None = None, temperature: float = 1.0,
+                 empty_tail: torch.Tensor | None = None) -> torch.Tensor:
     """Teacher (k+1)-bin log-probs.
 
     topk_logprobs: [N, k] raw teacher log-probs of its top-k ids (any order).
     valid: [N, k] bool, False for slots that are absent (id outside the student vocabulary,
       padding); their mass moves to the tail. None = all valid.
+    empty_tail: [N] bool, True where the top-k set covers the student's whole vocabulary (k = V):
+      the tail bin holds no token, so it is absent (-inf) rather than floored.
     Returns [N, k+1] log-probs, last column the tail bucket; absent slots are -inf.
     """
     lp = topk_logprobs.float()
@@ -54,6 +57,8 @@ def teacher_bins(topk_logprobs: torch.Tensor, valid: torch.Tensor | None = None,
     # The tail is a difference of probabilities near 1: float64 keeps it accurate to ~1e-16.
     covered = torch.exp(lp.double()).sum(-1)
     tail = torch.clamp(1.0 - covered, min=TAIL_FLOOR).log().to(lp.dtype)
+    if empty_tail is not None:
+        tail = tail.masked_fill(empty_tail, float("-inf"))
     bins = torch.cat([lp, tail.unsqueeze(-1)], dim=-1)
     return _temper(bins, temperature)
 
@@ -77,7 +82,10 @@ def student_bins(
     # Tail = log-sum-exp over every id outside the top-k set (exact even when the tail is tiny).
     rest = F.pad(logprobs, (0, 1), value=float("-inf"))
     rest.scatter_(1, ids, float("-inf"))
-    tail = torch.logsumexp(rest, dim=-1, keepdim=True)
+    # A row whose top-k covers the whole vocabulary has an empty tail (-inf). logsumexp's backward
+    # over all -inf is NaN even for a zero incoming gradient, so such rows sum finite stand-ins.
+    empty = torch.isneginf(rest).all(dim=-1, keepdim=True)
+    tail = torch.logsumexp(rest.masked_fill(empty, 0.0), dim=-1, keepdim=True).masked_fill(empty, float("-inf"))
     bins = torch.cat([top, tail], dim=-1)
     return _temper(bins, temperature), logprobs
 
@@ -235,8 +243,8 @@ def kd_ce_sums(
         ce = cross_entropy_sum(logprobs, targets)
         return LossSums(ce, zero, ce.detach())
     valid = (topk_ids >= 0) & (topk_ids < logits.shape[-1])
-    p = teacher_bins(topk_logprobs, valid, temperature)
     q, logprobs = student_bins(logits, topk_ids, valid, temperature)
+    p = teacher_bins(topk_logprobs, valid, temperature, empty_tail=torch.isneginf(q[:, -1]))
     kd = divergence(divergence_name, p, q, beta=beta, alpha=alpha) * (temperature * temperature)
     ce = cross_entropy_sum(logprobs, targets)
     # A weight of exactly 0 must not let a (finite but unused) term touch the gradient at all.
@@ -266,7 +274,7 @@ def _gathered_loss(lq_top, lq_tail, lq_target, topk_logprobs, valid, *, kd_weigh
     ce = -lq_target.sum()
     if topk_logprobs is None:
         return LossSums(ce, zero, ce.detach())
-    p = teacher_bins(topk_logprobs, valid, temperature)
+    p = teacher_bins(topk_logprobs, valid, temperature, empty_tail=torch.isneginf(lq_tail))
     q = _temper(torch.cat([lq_top.masked_fill(~valid, float("-inf")), lq_tail.unsqueeze(-1)], -1), temperature)
     kd = divergence(divergence_name, p, q, beta=beta, alpha=alpha) * (temperature * temperature)
     if kd_weight == 0.0:
@@ -304,7 +312,9 @@ def _chunk_loss_and_dlogits(logits, targets, topk_ids, topk_logprobs, options, n
     # zero the top-k entries (amin makes duplicate/absent slots harmless): probs is now tail-only
     probs.scatter_reduce_(1, ids, torch.where(valid, 0.0, float("inf")).to(probs.dtype), reduce="amin")
     tail = probs.sum(-1)
-    leaves = [lq_top.requires_grad_(need_grad), tail.clamp(min=1e-30).log().requires_grad_(need_grad),
+    # no id outside the top-k (k = V): an empty tail bin, absent on both sides
+    lq_tail = torch.where(tail > 0, tail.clamp(min=1e-30).log(), float("-inf"))
+    leaves = [lq_top.requires_grad_(need_grad), lq_tail.requires_grad_(need_grad),
               lq_target.requires_grad_(need_grad)]
     with torch.enable_grad():
         sums = _gathered_loss(leaves[0], leaves[1], leaves[2], topk_logprobs, valid, **options)

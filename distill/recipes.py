@@ -33,21 +33,43 @@ def recipe_names(folder: str) -> list[str]:
     return sorted(names)
 
 
-def resolve_recipe(folder: str, spec: str) -> tuple[Path, dict[str, Any]]:
-    """Resolve ``spec`` (a recipe name or a path to a YAML file) to (path, mapping).
-
-    A directory that holds ``recipe.yaml`` counts as that recipe. Raises ConfigError naming the
-    flag's value and the shipped names when nothing matches.
-    """
+def find_recipe(folder: str, spec: str) -> Path | None:
+    """The recipe file ``spec`` names (a YAML path, a dir holding recipe.yaml, or a shipped name), or None."""
     path = Path(spec)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
-        return path, read_yaml(path)
+        return path
     if path.is_dir() and (path / "recipe.yaml").is_file():
-        return path / "recipe.yaml", read_yaml(path / "recipe.yaml")
+        return path / "recipe.yaml"
     base = shipped_dir(folder)
     for candidate in (base / f"{spec}.yaml", base / spec / "recipe.yaml"):
         if candidate.is_file():
-            return candidate, read_yaml(candidate)
-    raise ConfigError(
-        f"'{spec}' is neither a YAML file nor a {folder[:-1]} recipe; shipped {folder}: {', '.join(recipe_names(folder))}"
-    )
+            return candidate
+    return None
+
+
+def resolve_recipe(folder: str, spec: str) -> tuple[Path, dict[str, Any]]:
+    """Resolve ``spec`` (a recipe name or a path to a YAML file) to (path, mapping).
+
+    Raises ConfigError naming the flag's value and the shipped names when nothing matches.
+    """
+    path = find_recipe(folder, spec)
+    if path is None:
+        raise ConfigError(
+            f"'{spec}' is neither a YAML file nor a {folder[:-1]} recipe; shipped {folder}: {', '.join(recipe_names(folder))}"
+        )
+    return path, read_yaml(path)
+
+def recipe_relative(recipe_path: str | Path, value: str) -> str:
+    """A path a recipe names, resolved the one way every recipe key is: against the recipe's folder
+    when it starts with ``./`` or ``../`` or exists there; an absolute path or anything else (a hub
+    id) is returned as given."""
+    candidate = Path(recipe_path).parent / value
+    if value.startswith(("./", "../")) or (not Path(value).is_absolute() and candidate.exists()):
+        return str(candidate.resolve())
+    return value
+
+
+def looks_like_hub_id(spec: str) -> bool:
+    """``org/name`` that is not a local path or a recipe/config file: a Hugging Face hub id."""
+    return (spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
+            and not spec.endswith((".yaml", ".yml", ".json")) and not Path(spec.split("/", 1)[0]).exists())

@@ -276,7 +276,10 @@ def test_judge_keeps_prompts_at_or_above_threshold(tokenizer):
         return "\n".join(f"Prompt: {t}" for t in (good, fine, poor, garbled))
 
     teacher = FakeTeacher(tokenizer, respond)
-    recipe = {"recipe_path": "teachers/x.yaml", "augment": {"judge_rubric": "RUBRIC-MARKER: be strict."}}
+    from distill.teachers import TeacherRecipe
+
+    recipe = TeacherRecipe.from_mapping({"model": "m", "augment": {"judge_rubric": "RUBRIC-MARKER: be strict."}},
+                                        "teachers/x.yaml")
     config = cfg(num_prompts=10, few_shot=1, requests_per_round=1, max_rounds=1, judge_threshold=4)
     result = augment_prompts(teacher, make_seeds(), config, recipe=recipe)
     assert [r.prompt for r in result.records] == [good, fine]
@@ -369,16 +372,19 @@ def test_fewer_seeds_than_few_shot(tokenizer):
 
 
 def test_meta_prompt_placeholders_validated(tokenizer):
-    recipe = {"recipe_path": "teachers/mine.yaml", "augment": {"meta_prompt": "Write {num_new} new prompts please."}}
+    from distill.teachers import TeacherRecipe
+
+    def recipe(augment):
+        return TeacherRecipe.from_mapping({"model": "m", "augment": augment}, "teachers/mine.yaml")
+
     with pytest.raises(ConfigError, match=r"teachers/mine.yaml: augment: meta_prompt: template has no \{examples\} placeholder"):
-        resolve_templates(cfg(), recipe)
-    recipe["augment"]["meta_prompt"] = "Examples: {examples}. Write {count} more."
+        resolve_templates(cfg(), recipe({"meta_prompt": "Write {num_new} new prompts please."}))
     with pytest.raises(ConfigError, match=r"unknown placeholder \{count\}"):
-        resolve_templates(cfg(), recipe)
+        resolve_templates(cfg(), recipe({"meta_prompt": "Examples: {examples}. Write {count} more."}))
     with pytest.raises(ConfigError, match=r"config: judge_prompt: template has no \{prompt\}"):
         resolve_templates(cfg(judge_prompt="Rate it: {rubric}"))
     with pytest.raises(ConfigError, match=r"unknown key 'augment.metaprompt'"):
-        resolve_templates(cfg(), {"recipe_path": "r.yaml", "augment": {"metaprompt": "x"}})
+        resolve_templates(cfg(), recipe({"metaprompt": "x"}))
     with pytest.raises(ConfigError, match=r"invalid template"):
         resolve_templates(cfg(meta_prompt="{examples} and a stray { brace"))
     # A valid override is used; literal braces are allowed escaped.
@@ -396,9 +402,9 @@ def test_meta_prompt_that_cannot_fit_is_a_clear_error(tokenizer):
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="near_dup_threshold"):
+    with pytest.raises(ValueError, match="--near-dup-threshold"):
         AugmentConfig(near_dup_threshold=0)
-    with pytest.raises(ValueError, match="shingle"):
+    with pytest.raises(ValueError, match="--shingle"):
         AugmentConfig(shingle="sentence")
-    with pytest.raises(ValueError, match="judge_threshold"):
+    with pytest.raises(ValueError, match="--judge-threshold"):
         AugmentConfig(judge_threshold=6)

@@ -161,7 +161,7 @@ def bad_cases(tmp_path, teacher):
         "too_long": (['{"prompt": "ok"}', json.dumps({"prompt": long_prompt})], [],
                      "seeds.jsonl:2: prompt is"),
         "missing_teacher": (['{"prompt": "ok"}'], ["--teacher", str(tmp_path / "no-such-model")], "no-such-model"),
-        "top_k_0": (['{"prompt": "ok"}'], ["--top-k", "0"], "--top-k must be >= 1"),
+        "top_k_0": (['{"prompt": "ok"}'], ["--top-k", "0"], "--top-k: must be >= 1"),
         "top_k_over_vocab": (['{"prompt": "ok"}'], ["--top-k", "999"], "exceeds the teacher's vocabulary"),
     }
 

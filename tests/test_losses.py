@@ -289,3 +289,71 @@ def test_accumulation_micro_batches_equal_one_batch():
         s = losses.chunked_head_loss(hidden[idx], head, targets[idx], t_lp.indices[idx], t_lp.values[idx], **kw)
         (s.total / 40).backward()
     torch.testing.assert_close(head.weight.grad, g_big, rtol=1e-5, atol=1e-7)
+
+
+def full_distribution_reference(name, logits, teacher_logprobs, temperature=1.0):
+    """Float64 torch reference on the full distributions (k = V: no tail bin at all), differentiable."""
+    p = torch.softmax(teacher_logprobs.double() / temperature, -1)
+    q = torch.softmax(logits.double() / temperature, -1)
+    kl = lambda a, b: (a * (a.log() - b.log())).sum()
+    if name == "forward_kl":
+        d = kl(p, q)
+    elif name == "reverse_kl":
+        d = kl(q, p)
+    elif name == "jsd":
+        m = BETA * p + (1 - BETA) * q
+        d = BETA * kl(p, m) + (1 - BETA) * kl(q, m)
+    elif name == "skew_kl":
+        d = kl(p, ALPHA * p + (1 - ALPHA) * q)
+    elif name == "skew_reverse_kl":
+        d = kl(q, (1 - ALPHA) * p + ALPHA * q)
+    else:
+        d = 0.5 * (p - q).abs().sum()
+    return d * temperature**2
+
+
+@pytest.mark.parametrize("name", DIVS)
+@pytest.mark.parametrize("mode", ["in_forward", "recompute"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_top_k_equal_to_vocabulary_is_finite_and_exact(name, mode, temperature):
+    """k = V (a small vocabulary stored whole): the tail bin is empty on both sides and contributes
+    0; values and gradients match the full-distribution divergence, on both head paths."""
+    vocab, hidden_size, n = 24, 8, 5
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(n, hidden_size, generator=g, dtype=torch.float32, requires_grad=True)
+    head = torch.nn.Linear(hidden_size, vocab, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(vocab, hidden_size, generator=g))
+    teacher_lp = torch.log_softmax(torch.randn(n, vocab, generator=g, dtype=torch.float64) * 2, -1)
+    top = teacher_lp.topk(vocab, dim=-1)
+    targets = torch.randint(0, vocab, (n,), generator=g)
+    sums = losses.chunked_head_loss(hidden, head, targets, top.indices, top.values.float(), kd_weight=1.0,
+                                    divergence_name=name, temperature=temperature, beta=BETA, alpha=ALPHA,
+                                    chunk_size=2, mode=mode)
+    assert torch.isfinite(sums.total) and torch.isfinite(sums.kd)
+    sums.total.backward()
+    got_h, got_w = hidden.grad.clone(), head.weight.grad.clone()
+    assert torch.isfinite(got_h).all() and torch.isfinite(got_w).all()
+
+    h64 = hidden.detach().double().requires_grad_()
+    w64 = head.weight.detach().double().requires_grad_()
+    ref = full_distribution_reference(name, h64 @ w64.t(), teacher_lp.float().double(), temperature)
+    ref.backward()
+    assert float(sums.kd) == pytest.approx(float(ref.detach()), rel=1e-4, abs=1e-5)
+    torch.testing.assert_close(got_h.double(), h64.grad, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(got_w.double(), w64.grad, rtol=1e-3, atol=1e-5)
+
+
+def test_top_k_equal_to_vocabulary_in_kd_ce_sums():
+    """The unchunked function too: k = V gives the full-distribution forward KL, no inf/NaN, and
+    p = q gives 0."""
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 10, generator=g, dtype=torch.float64, requires_grad=True)
+    lp = torch.log_softmax(logits.detach(), -1)
+    top = lp.topk(10, dim=-1)
+    for name in DIVS:
+        sums = losses.kd_ce_sums(logits, torch.zeros(3, dtype=torch.long), top.indices, top.values, kd_weight=1.0,
+                                 divergence_name=name, beta=BETA, alpha=ALPHA)
+        assert abs(float(sums.kd)) < 1e-5, name
+        (grad,) = torch.autograd.grad(sums.total, logits)
+        assert torch.isfinite(grad).all(), name

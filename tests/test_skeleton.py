@@ -1,23 +1,22 @@
 import subprocess
 import sys
-import time
 
 from distill.fingerprint import tokenizer_fingerprint
 from distill.prompts import encode_prompt
 
 
 def test_import_and_help_are_light():
+    """`distill --help` (and building every command's options) imports no heavy package. Checked by
+    the modules loaded, not by a wall-clock threshold, which a busy machine would break."""
     code = (
-        "import sys, time; t=time.time(); import distill.cli; "
-        "from click.testing import CliRunner; r=CliRunner().invoke(distill.cli.main, ['--help']); "
-        "assert r.exit_code == 0, r.output; "
-        "bad=[m for m in ('torch','vllm','deepspeed','transformers') if m in sys.modules]; "
-        "assert not bad, bad; print(time.time()-t)"
+        "import sys; import distill.cli; "
+        "from click.testing import CliRunner; "
+        "r=[CliRunner().invoke(distill.cli.main, [*c, '--help']) for c in ([], ['generate'], ['augment'], ['train'], ['eval'])]; "
+        "assert all(x.exit_code == 0 for x in r), [x.output for x in r]; "
+        "print(','.join(m for m in ('torch','vllm','deepspeed','transformers','pyarrow','accelerate') if m in sys.modules))"
     )
-    start = time.time()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert float(out.stdout.strip()) < 2.0
-    assert time.time() - start < 10
+    assert out.stdout.strip() == "", f"heavy modules imported by --help: {out.stdout}"
 
 
 def test_tiny_fixtures(tiny_teacher_dir, tiny_student_dir):

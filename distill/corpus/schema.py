@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from distill.errors import ConfigError
+
 SCHEMA_VERSION = 1
 FORMAT_NAME = "distill-corpus"
 MANIFEST_NAME = "manifest.json"
@@ -45,7 +47,7 @@ MAX_NATS = 1000.0
 BSS_COLUMNS = ("prompt_ids", "response_ids", "topk_ids", "topk_logprob_codes", "sampled_logprob_codes")
 
 
-class CorpusError(ValueError):
+class CorpusError(ConfigError):
     """A corpus that cannot be read or written as asked; the message names the file."""
 
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from distill.atomic import atomic_write_bytes, atomic_write_with
 from distill.corpus import encoding
 from distill.corpus.schema import (
     BSS_COLUMNS,
@@ -46,26 +46,6 @@ from distill.corpus.schema import (
 
 ROW_GROUP_SIZE = 128  # rows per Parquet row group: the reader's unit of streaming
 ZSTD_LEVEL = 9
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, rename, fsync dir."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def file_sha256(path: Path) -> str:
@@ -288,16 +268,9 @@ class CorpusWriter:
         assert index in self.my_shards(), (index, self.worker)
         table = rows_to_table(rows, self.top_k, self.logprob_scale)
         path = self.shard_path(index)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        write_parquet(
-            table, tmp, row_group_size=self.row_group_size,
-            metadata={"distill.identity_sha256": self.identity_sha256, "distill.shard_index": str(index),
-                      "distill.logprob_scale": str(self.logprob_scale), "distill.top_k": str(self.top_k)},
-        )
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        metadata = {"distill.identity_sha256": self.identity_sha256, "distill.shard_index": str(index),
+                    "distill.logprob_scale": str(self.logprob_scale), "distill.top_k": str(self.top_k)}
+        atomic_write_with(path, lambda tmp: write_parquet(table, tmp, row_group_size=self.row_group_size, metadata=metadata))
         self._shards[index] = self._shard_entry(index)
         return self._shards[index]
 

@@ -9,9 +9,12 @@ before top-p/top-k warping), sorted by log-prob descending.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from distill.teachers.recipe import TeacherRecipe
 
 FINISH_REASONS = ("stop", "length")
 
@@ -113,7 +116,7 @@ class Teacher(Protocol):
 
 
 def backend_settings(
-    recipe: dict[str, Any], section: str, settings_cls: type, overrides: dict[str, Any], batch_size_key: str
+    recipe: "TeacherRecipe", section: str, settings_cls: type, overrides: dict[str, Any], batch_size_key: str
 ) -> Any:
     """Build a backend's settings dataclass from the recipe's ``section`` block plus overrides.
 
@@ -125,24 +128,23 @@ def backend_settings(
 
     from distill.config import ConfigError
 
-    source = recipe.get("recipe_path", recipe.get("name", "teacher recipe"))
-    block = dict(recipe.get(section) or {})
+    block = recipe.block(section)
     known = {f.name for f in fields(settings_cls)}
     for key, value in overrides.items():
         if value is None:
             continue
         key = batch_size_key if key == "batch_size" else key
         if key not in known:
-            raise ConfigError(f"{source}: the {section} settings have no '{key}' (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"{recipe.source}: the {section} settings have no '{key}' (known: {', '.join(sorted(known))})")
         block[key] = value
     unknown = set(block) - known
     if unknown:
-        raise ConfigError(f"{source}: unknown {section} key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        raise ConfigError(f"{recipe.source}: unknown {section} key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
     if section == "endpoint":
         if "base_url" not in block:
-            raise ConfigError(f"{source}: the openai backend needs endpoint.base_url (e.g. http://teacher:8000/v1)")
-        block.setdefault("served_model", str(recipe.get("served_model_name", recipe["model"])))
+            raise ConfigError(f"{recipe.source}: the openai backend needs endpoint.base_url (e.g. http://teacher:8000/v1)")
+        block.setdefault("served_model", recipe.served_model_name or recipe.model)
     try:
         return settings_cls(**block)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(f"{recipe.source}: {exc}") from None

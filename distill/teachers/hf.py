@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
 from distill.config import ConfigError
+
+if TYPE_CHECKING:
+    from distill.teachers.recipe import TeacherRecipe
 from distill.teachers.base import GenerationRequest, SamplingParams, ScoreRequest, TeacherOutput
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -473,18 +476,17 @@ class HFTeacher:
         self._model: Any = None
 
     @classmethod
-    def from_recipe(cls, recipe: dict[str, Any], **overrides: Any) -> "HFTeacher":
-        """Build from a teacher recipe (keys: model, revision, device, dtype, batch_size,
-        max_context, trust_remote_code); ``overrides`` (e.g. batch_size from --batch-size) win."""
-        hf = dict(recipe.get("hf", {}))
-        kwargs: dict[str, Any] = {k: recipe[k] for k in ("revision", "device", "dtype", "batch_size", "max_context",
-                                                         "trust_remote_code", "kv_cache") if k in recipe}
-        kwargs.update({k: v for k, v in hf.items()})
+    def from_recipe(cls, recipe: "TeacherRecipe", **overrides: Any) -> "HFTeacher":
+        """Build from a teacher recipe (its top-level hf keys, then its ``hf:`` block); ``overrides``
+        (e.g. batch_size from --batch-size) win."""
+        known = ("revision", "device", "dtype", "batch_size", "max_context", "trust_remote_code", "kv_cache")
+        kwargs: dict[str, Any] = {k: getattr(recipe, k) for k in known if getattr(recipe, k) is not None}
+        kwargs.update(recipe.block("hf"))
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(kwargs) - {"revision", "device", "dtype", "batch_size", "max_context", "trust_remote_code", "kv_cache"}
+        unknown = set(kwargs) - set(known)
         if unknown:
-            raise ConfigError(f"{recipe.get('recipe_path', 'teacher recipe')}: unknown hf option(s) {sorted(unknown)}")
-        return cls(str(recipe["model"]), name=recipe.get("name"), **kwargs)
+            raise ConfigError(f"{recipe.source}: unknown hf option(s) {sorted(unknown)}; known: {', '.join(known)}")
+        return cls(recipe.model, name=recipe.name or None, **kwargs)
 
     def _special_ids(self) -> tuple[int, tuple[int, ...]]:
         from transformers import GenerationConfig

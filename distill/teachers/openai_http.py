@@ -28,11 +28,14 @@ import random
 import ssl
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from distill.config import ConfigError
+
+if TYPE_CHECKING:
+    from distill.teachers.recipe import TeacherRecipe
 from distill.teachers.base import (
     GenerationRequest,
     SamplingParams,
@@ -388,20 +391,18 @@ class OpenAITeacher:
     # -- construction ----------------------------------------------------------------------
 
     @classmethod
-    def from_recipe(cls, recipe: dict[str, Any], **overrides: Any) -> "OpenAITeacher":
+    def from_recipe(cls, recipe: "TeacherRecipe", **overrides: Any) -> "OpenAITeacher":
         """Build from a teacher recipe; ``overrides`` replace keys of its ``endpoint:`` block
         (e.g. ``base_url``, ``concurrency``); ``None`` values are ignored."""
         from transformers import AutoTokenizer
 
-        source = recipe.get("recipe_path", recipe.get("name", "teacher recipe"))
         endpoint = backend_settings(recipe, "endpoint", EndpointConfig, overrides, batch_size_key="concurrency")
         if endpoint.api_key_env and not os.environ.get(endpoint.api_key_env):
-            raise ConfigError(f"{source}: endpoint.api_key_env names ${endpoint.api_key_env}, which is not set")
-        tokenizer_source = str(recipe.get("tokenizer", recipe["model"]))
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, revision=recipe.get("tokenizer_revision"))
-        max_context = int(recipe.get("max_context", recipe.get("max_model_len", 32768)))
-        return cls(name=str(recipe.get("name", recipe["model"])), model=str(recipe["model"]), tokenizer=tokenizer,
-                   endpoint=endpoint, max_context=max_context, revision=recipe.get("revision"))
+            raise ConfigError(f"{recipe.source}: endpoint.api_key_env names ${endpoint.api_key_env}, which is not set")
+        tokenizer_source = recipe.tokenizer or recipe.model
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, revision=recipe.tokenizer_revision)
+        return cls(name=recipe.name or recipe.model, model=recipe.model, tokenizer=tokenizer, endpoint=endpoint,
+                   max_context=int(recipe.max_context or 32768), revision=recipe.revision)
 
     def fingerprint(self) -> dict[str, Any]:
         # What identifies the teacher, not where it is served: a corpus resumes against a moved

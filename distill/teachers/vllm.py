@@ -26,11 +26,14 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from distill.config import ConfigError
+
+if TYPE_CHECKING:
+    from distill.teachers.recipe import TeacherRecipe
 from distill.teachers.base import (
     GenerationRequest,
     SamplingParams,
@@ -354,18 +357,18 @@ class VLLMTeacher:
         self._replicas: list[Any] = []
 
     @classmethod
-    def from_recipe(cls, recipe: dict[str, Any], **overrides: Any) -> "VLLMTeacher":
+    def from_recipe(cls, recipe: "TeacherRecipe", **overrides: Any) -> "VLLMTeacher":
         """Build from a teacher recipe; ``overrides`` replace keys of its ``vllm:`` block
         (``None`` values are ignored). The engine itself starts on the first request."""
         from transformers import AutoTokenizer
 
         config = backend_settings(recipe, "vllm", VLLMEngineConfig, overrides, batch_size_key="chunk_size")
-        tokenizer_source = str(recipe.get("tokenizer", recipe["model"]))
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, revision=recipe.get("tokenizer_revision"))
-        max_context = int(config.max_model_len or recipe.get("max_context") or 32768)
-        return cls(name=str(recipe.get("name", recipe["model"])), model=str(recipe["model"]), tokenizer=tokenizer,
+        tokenizer_source = recipe.tokenizer or recipe.model
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, revision=recipe.tokenizer_revision)
+        max_context = int(config.max_model_len or recipe.max_context or 32768)
+        return cls(name=recipe.name or recipe.model, model=recipe.model, tokenizer=tokenizer,
                    tokenizer_source=tokenizer_source, config=config, max_context=max_context,
-                   revision=recipe.get("revision"))
+                   revision=recipe.revision)
 
     def fingerprint(self) -> dict[str, Any]:
         try:

@@ -79,7 +79,7 @@ def test_hf_backend_round_trip(tiny_teacher_dir):
         config = AugmentConfig(num_prompts=50, few_shot=2, requests_per_round=3, max_rounds=2, prompts_per_request=2,
                                generation_max_tokens=32, max_new_tokens=64, min_words=1, seed=11, progress=False)
         try:
-            return augment_prompts(teacher, make_seeds(), config, recipe={"augment": {}})
+            return augment_prompts(teacher, make_seeds(), config, recipe=None)
         finally:
             teacher.close()
 
@@ -122,13 +122,14 @@ def test_deterministic_across_processes():
 def test_http_backend_round_trip(tiny_teacher_dir):
     """The OpenAI-compatible HTTP teacher (against the tests' local vLLM-shaped server) through
     the same augmentation code, unchanged: requests are served, outputs screened, runs repeat."""
+    from distill.teachers import TeacherRecipe
     from distill.teachers.openai_http import OpenAITeacher
     from tests.teachers.openai_server import FaultyServer
 
     with FaultyServer(fault_rate=0.0) as server:
         def once():
-            recipe = {"name": "http-tiny", "model": str(tiny_teacher_dir), "max_context": 512,
-                      "endpoint": {"base_url": server.base_url, "concurrency": 4}}
+            recipe = TeacherRecipe.from_mapping({"name": "http-tiny", "model": str(tiny_teacher_dir), "max_context": 512,
+                                                 "endpoint": {"base_url": server.base_url, "concurrency": 4}})
             teacher = OpenAITeacher.from_recipe(recipe)
             config = AugmentConfig(num_prompts=50, few_shot=2, requests_per_round=4, max_rounds=2, generation_max_tokens=24,
                                    max_new_tokens=64, seed=3, progress=False)
@@ -159,7 +160,7 @@ def test_vllm_backend_round_trip(tiny_tokenizer_dir):
         teacher = VLLMTeacher("t", "m", tokenizer=tokenizer, tokenizer_source="m", config=VLLMEngineConfig(max_model_len=1024),
                               max_context=1024, engine_factory=FakeEngine, params_factory=fake_params)
         config = AugmentConfig(num_prompts=50, few_shot=2, requests_per_round=4, max_rounds=2, min_words=1, seed=4, progress=False)
-        return augment_prompts(teacher, make_seeds(), config, recipe={})
+        return augment_prompts(teacher, make_seeds(), config, recipe=None)
 
     FakeEngine.calls = []
     first, second = once(), once()

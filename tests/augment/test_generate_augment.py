@@ -96,4 +96,4 @@ def test_generate_augment_then_inspect(tmp_path, tiny_teacher_dir, monkeypatch):
     bad = CliRunner().invoke(main, args[:-2] + ["--decontaminate", "no-such-suite", "--out", str(tmp_path / "c2")])
     assert bad.exit_code == 2 and "unknown suite 'no-such-suite'" in bad.output
     bad = CliRunner().invoke(main, args + ["--shard", "0/2", "--out", str(tmp_path / "c3")])
-    assert bad.exit_code == 2 and "--augment with --shard" in bad.output
+    assert bad.exit_code == 2 and "--augment: with --shard" in bad.output

@@ -159,12 +159,12 @@ def test_shipped_recipes_parse():
 
     for name in ("qwen2.5-72b-instruct", "llama-3.3-70b-instruct"):
         recipe = teacher_recipe(name)
-        assert recipe["backend"] == "vllm"
-        config = VLLMEngineConfig(**recipe["vllm"])
+        assert recipe.backend == "vllm"
+        config = VLLMEngineConfig(**recipe.vllm)
         assert config.tensor_parallel_size == 8 and config.max_logprobs >= 20
     endpoint = teacher_recipe("openai-endpoint")
-    assert endpoint["backend"] == "openai"
-    EndpointConfig(**endpoint["endpoint"])
+    assert endpoint.backend == "openai"
+    EndpointConfig(**endpoint.endpoint)
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from distill import train_data
+from distill.train import data as train_data
 from tests.train.conftest import REPO, write_corpus
 
 
@@ -116,7 +116,7 @@ def test_resume_position_yields_the_same_batches(corpus_dir):
 _RSS_SCRIPT = r"""
 import json, resource, sys
 import numpy as np
-from distill import train_data
+from distill.train import data as train_data
 from distill.corpus import open_corpus
 corpus = open_corpus(sys.argv[1])
 spec = train_data.BatchSpec(max_seq_len=512, tokens_per_batch=2048, batch_size=None, grad_accum=1, world_size=1, seed=0)

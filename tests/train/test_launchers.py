@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from distill.config import ConfigError
-from distill.train import launcher_deepspeed
+from distill.train.launch import launcher_deepspeed
 from tests.train.conftest import REPO, read_metrics, run_cli, train_args
 from tests.train.test_train import assert_weights_close, cli
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill import train_data
+from distill.train import data as train_data
 from tests.train.conftest import read_metrics, train_args, write_corpus
 from tests.train.test_data import _Tok, synthetic_rows
 from tests.train.test_train import assert_weights_close, cli
@@ -100,12 +100,12 @@ def test_collate_packed_layout():
 def _wrapper(student_dir, attn, flatten=False):
     from transformers import AutoModelForCausalLM
 
-    from distill.train import _student_with_loss_cls
+    from distill.train.student import student_with_loss_cls
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(student_dir, attn_implementation=attn, dtype=torch.float32)
     options = {"divergence_name": "forward_kl", "temperature": 1.0, "beta": 0.5, "alpha": 0.1}
-    return _student_with_loss_cls()(model, options, None, flatten_packed=flatten)
+    return student_with_loss_cls()(model, options, None, flatten_packed=flatten)
 
 
 def _row_slices(rows, max_seq_len):
@@ -199,7 +199,8 @@ def test_packed_training_resumes_exactly(tiny_student_dir, kd_corpus, tmp_path):
 
 def test_unsupported_attention_is_a_clear_error(tiny_student_dir, kd_corpus, tmp_path, monkeypatch):
     from distill.config import ConfigError
-    from distill.train import TrainConfig, check_packing_support
+    from distill.train.config import TrainConfig
+    from distill.train.student import check_packing_support
 
     with pytest.raises(ConfigError, match="--packing: attention implementation 'eager_paged'"):
         TrainConfig(student="s", corpus=("c",), out="o", packing=True, attn_implementation="eager_paged")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from distill import train_data
+from distill.train import data as train_data
 from tests.train.conftest import read_metrics, train_args
 from tests.train.test_data import synthetic_rows
 from tests.train.test_packing import _wrapper

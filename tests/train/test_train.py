@@ -70,9 +70,10 @@ def reference_sft(student_dir, corpus_dir, steps, lr, tokens_per_batch=256, max_
     CE at response positions, summed and divided by the step's response-token count."""
     from transformers import AutoModelForCausalLM
 
-    from distill import train_data
+    from distill.train import data as train_data
     from distill.corpus import open_corpus
-    from distill.train import TrainConfig, lr_at
+    from distill.train.config import TrainConfig
+    from distill.train.loop import lr_at
 
     model = AutoModelForCausalLM.from_pretrained(student_dir, attn_implementation="sdpa")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -252,12 +253,12 @@ def test_recipe_defaults_flags_and_random_init(peaked_teacher_dir, kd_corpus, tm
 
 
 def test_diverging_run_stops_with_a_clear_error_and_saves_no_final_model(tiny_student_dir, kd_corpus, tmp_path):
-    """A learning rate far too high makes the loss non-finite: the run exits 2 naming the step, the
+    """A learning rate far too high makes the loss non-finite: the run exits 5 (diverged) naming the step, the
     rate and what to change, keeps the checkpoints written so far, and writes no final model."""
     out = tmp_path / "diverged"
     result = cli(train_args(tiny_student_dir, kd_corpus, out, max_steps=8, save_every=1, keep_checkpoints=1,
                             max_grad_norm=0) + ["--lr", "1e30"])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 5, result.output
     assert "training diverged, so no final model was saved" in result.output
     assert re.search(r"the loss is (nan|inf|-inf) at step \d+ \(lr [0-9.]+e\+(29|30)\)", result.output), result.output
     assert "lower --lr" in result.output
