@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test demo contract bench clean
+.PHONY: install test test-fast demo contract bench clean docs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,14 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# The edit loop: every test not marked slow (multi-process, long runs); `make test` runs them all.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+# docs/cli.md is generated from the stage configs (a test keeps it equal to the code).
+docs: install
+	$(PY) -m distill.options > docs/cli.md
 
 # The whole pipeline on the shipped demo teacher (CPU, minutes): plain CLI calls in scripts/demo.sh,
 # everything under runs/demo/, the eval table printed at the end (docs/demo.md).

@@ -85,7 +85,7 @@ def score_dir(model_dir: Path, suite: list[dict], batch_size: int = 100) -> floa
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import trainlib
-    from distill.scorers import _last_number
+    from distill.eval.scorers import _last_number
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

@@ -1,6 +1,6 @@
 """What `distill eval` costs on CPU for demo-sized models, and what CPU threads do to its timings.
 
-Part A runs `distill.evaluate.run` (teacher with agreement/KL capture, student, speed) on the
+Part A runs `distill.eval.run` (teacher with agreement/KL capture, student, speed) on the
 demo suite with randomly initialised models of the demo teacher's and demo student's shapes
 (teachers/demo/train_teacher.py MODEL, students/demo.yaml). Random models never emit EOS, so every
 response runs to --max-new-tokens: the worst case for the demo's eval step.
@@ -56,9 +56,11 @@ def main() -> None:
 
     import torch
 
-    from distill.evaluate import EvalConfig, generate_greedy, load_model, run
+    from distill.eval import EvalConfig, run
+    from distill.eval.generation import generate_greedy
+    from distill.eval.models import load_model
     from distill.prompts import encode_prompt
-    from distill.scorers import load_suite
+    from distill.eval.scorers import load_suite
 
     tmp = Path(tempfile.mkdtemp(prefix="eval_cost_"))
     tokenizer_dir = ROOT / "teachers" / "demo" / "model"

@@ -16,7 +16,7 @@ import click
 from distill import __version__
 from distill.augment import AugmentConfig
 from distill.errors import DistillError, ExitCode
-from distill.evaluate import EvalConfig
+from distill.eval import EvalConfig
 from distill.generate import GenerateConfig
 from distill.options import given, stage_options
 from distill.train import TrainConfig
@@ -97,7 +97,7 @@ def eval_command(ctx: click.Context, config_path: str | None, **params: Any) -> 
     Exit codes: 0 ok, 2 bad input, 3 gate failed, 4 a model failed to evaluate.
     """
     from distill.config import load_config
-    from distill.evaluate import exit_code, run
+    from distill.eval import exit_code, run
 
     report = run(load_config(EvalConfig, config_path, given(ctx, params, EvalConfig)))
     sys.exit(exit_code(report))

@@ -157,7 +157,7 @@ def docs_table(cls: type) -> str:
 def stage_configs() -> dict[str, type]:
     """The commands whose options come from a config dataclass, and that dataclass."""
     from distill.augment import AugmentConfig
-    from distill.evaluate import EvalConfig
+    from distill.eval import EvalConfig
     from distill.generate import GenerateConfig
     from distill.train.config import TrainConfig
 

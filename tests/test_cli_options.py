@@ -131,14 +131,14 @@ def test_exit_code_table():
     codes = [int(c) for c in ExitCode]
     assert len(codes) == len(set(codes))
     assert (ExitCode.OK, ExitCode.BAD_INPUT, ExitCode.GATE_FAILED, ExitCode.MODEL_FAILED) == (0, 2, 3, 4)
-    from distill.evaluate import EXIT_GATE_FAILED, EXIT_MODEL_FAILED
+    from distill.eval import EXIT_GATE_FAILED, EXIT_MODEL_FAILED
 
     assert (EXIT_GATE_FAILED, EXIT_MODEL_FAILED) == (ExitCode.GATE_FAILED, ExitCode.MODEL_FAILED)
     # every user-facing error class carries its code, and the CLI exits with it
     from distill.errors import ConfigError, LockHeld, NothingToDo, Preempted, TrainingDiverged
     from distill.corpus import CorpusError
     from distill.ingest import InputError
-    from distill.scorers import SuiteError
+    from distill.eval.scorers import SuiteError
 
     assert {cls.exit_code for cls in (ConfigError, CorpusError, InputError, SuiteError)} == {ExitCode.BAD_INPUT}
     assert [cls.exit_code for cls in (TrainingDiverged, LockHeld, NothingToDo, Preempted)] == [5, 6, 7, 75]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -79,7 +78,7 @@ def test_seeds_eval_and_teacher_training_streams_are_disjoint():
 
 
 def test_suite_loads_with_the_eval_scorers():
-    from distill.scorers import load_suite, score_output
+    from distill.eval.scorers import load_suite, score_output
 
     suite = load_suite("demo")
     assert len(suite.rows) >= 500

@@ -13,10 +13,21 @@ from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from distill.errors import DistillError, ExitCode
+
 if TYPE_CHECKING:
     from distill.teachers.recipe import TeacherRecipe
 
+
 FINISH_REASONS = ("stop", "length")
+
+
+class TeacherError(DistillError, RuntimeError):
+    """A teacher backend failed to answer as the contract requires (server error after retries,
+    a response without the log-probs asked for, a malformed engine output). The message names the
+    request and what to change."""
+
+    exit_code = ExitCode.MODEL_FAILED
 
 
 @dataclass(frozen=True)

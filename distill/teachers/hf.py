@@ -32,10 +32,15 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 from distill.config import ConfigError
+from distill.teachers.base import (
+    GenerationRequest,
+    SamplingParams,
+    ScoreRequest,
+    TeacherOutput,
+)
 
 if TYPE_CHECKING:
     from distill.teachers.recipe import TeacherRecipe
-from distill.teachers.base import GenerationRequest, SamplingParams, ScoreRequest, TeacherOutput
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 KV_CACHES = ("auto", "shrinking", "dynamic", "static")

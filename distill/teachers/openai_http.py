@@ -33,16 +33,18 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from distill.config import ConfigError
-
-if TYPE_CHECKING:
-    from distill.teachers.recipe import TeacherRecipe
 from distill.teachers.base import (
     GenerationRequest,
     SamplingParams,
     ScoreRequest,
+    TeacherError,
     TeacherOutput,
     backend_settings,
 )
+from distill.teachers.logprobs import finish_reason, score_positions, topk_arrays
+
+if TYPE_CHECKING:
+    from distill.teachers.recipe import TeacherRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +57,7 @@ TOKEN_ID_PREFIX = "token_id:"  # vLLM's return_tokens_as_token_ids form
 MIN_LOGPROB = -9999.0
 
 
-class EndpointError(RuntimeError):
-    """The endpoint failed in a way retrying will not fix, or retries ran out."""
-
-
-class TokenMappingError(EndpointError):
+class TokenMappingError(TeacherError):
     """A returned token string does not map to exactly one teacher token id."""
 
 
@@ -207,43 +205,17 @@ class TokenMap:
 # built from vLLM's own protocol models)
 
 
-def _finish_reason(raw: Any, where: str) -> tuple[str, str | None]:
-    """Our finish reason ("stop" | "length") and the server's, when it differs.
-
-    "abort" and "error" are transient server-side failures: retried. "repetition" (vLLM's
-    repetition detector), "content_filter" and the like end the response early without a
-    natural stop, so they count as truncated ("length").
-    """
-    if raw == "stop":
-        return "stop", None
-    if raw == "length":
-        return "length", None
-    if raw in ("abort", "error", None):
+def _finish_reason(raw: Any) -> tuple[str, str | None]:
+    """The shared finish-reason rule (distill.teachers.logprobs); a reason to resubmit is retried."""
+    ours, server = finish_reason(raw)
+    if ours is None:
         raise _Retryable(f"finish_reason={raw!r}")
-    return "length", str(raw)
+    return ours, server
 
 
-def _topk_arrays(positions: list[list[tuple[int, float]]], k: int, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per position (token id, logprob) candidates -> [T, k] ids and logprobs sorted desc.
-
-    Servers return k or k+1 candidates (the sampled token is added when it is outside the
-    top k), possibly with duplicates; keep the k best distinct ids.
-    """
-    ids = np.zeros((len(positions), k), dtype=np.int32)
-    logprobs = np.zeros((len(positions), k), dtype=np.float32)
-    for t, candidates in enumerate(positions):
-        best: dict[int, float] = {}
-        for token_id, lp in candidates:
-            if token_id not in best or lp > best[token_id]:
-                best[token_id] = lp
-        if len(best) < k:
-            raise EndpointError(
-                f"{where}: position {t} has {len(best)} distinct top log-probs, expected {k}; "
-                "raise the server's --max-logprobs or lower --top-k"
-            )
-        ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))[:k]
-        ids[t] = [i for i, _ in ranked]
-        logprobs[t] = [lp for _, lp in ranked]
+def _topk(positions: list[list[tuple[int, float]]], k: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(token id, logprob) candidates per position -> top-k arrays, by the shared rule."""
+    ids, logprobs, _ = topk_arrays(([(i, lp, None) for i, lp in row] for row in positions), k, where)
     return ids, logprobs
 
 
@@ -251,7 +223,7 @@ def parse_completion_choice(choice: dict[str, Any], k: int, token_map: TokenMap,
                             ) -> tuple[list[int], np.ndarray | None, np.ndarray | None, np.ndarray | None, str, str, str | None]:
     """A /v1/completions choice -> (response ids, topk ids, topk logprobs, sampled logprobs,
     text, finish_reason, server finish_reason if different)."""
-    finish, server_finish = _finish_reason(choice.get("finish_reason"), where)
+    finish, server_finish = _finish_reason(choice.get("finish_reason"))
     text = choice.get("text") or ""
     lp = choice.get("logprobs")
     if k == 0:
@@ -260,13 +232,13 @@ def parse_completion_choice(choice: dict[str, Any], k: int, token_map: TokenMap,
             ids = [token_map.to_id(tok, where=f"{where} token {t}") for t, tok in enumerate(lp["tokens"])]
         return (list(map(int, ids)) if ids is not None else None), None, None, None, text, finish, server_finish
     if lp is None or lp.get("top_logprobs") is None:
-        raise EndpointError(f"{where}: response has no logprobs; the server ignored 'logprobs' (set endpoint.logprobs: false for a black-box endpoint)")
+        raise TeacherError(f"{where}: response has no logprobs; the server ignored 'logprobs' (set endpoint.logprobs: false for a black-box endpoint)")
     tokens, token_logprobs, top = lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]
     if not (len(tokens) == len(token_logprobs) == len(top)):
-        raise EndpointError(f"{where}: logprobs lists differ in length")
+        raise TeacherError(f"{where}: logprobs lists differ in length")
     ids = [token_map.to_id(tok, where=f"{where} token {t}") for t, tok in enumerate(tokens)]
     if choice.get("token_ids") is not None and list(map(int, choice["token_ids"])) != ids:
-        raise EndpointError(f"{where}: token_ids and logprobs tokens disagree")
+        raise TeacherError(f"{where}: token_ids and logprobs tokens disagree")
     sampled = np.asarray([MIN_LOGPROB if v is None else v for v in token_logprobs], dtype=np.float32)
     fast = _token_id_topk(top, k)
     if fast is not None:
@@ -274,9 +246,9 @@ def parse_completion_choice(choice: dict[str, Any], k: int, token_map: TokenMap,
     positions = []
     for t, step in enumerate(top):
         if step is None:
-            raise EndpointError(f"{where}: no top log-probs at response position {t}")
+            raise TeacherError(f"{where}: no top log-probs at response position {t}")
         positions.append([(token_map.to_id(tok, where=f"{where} top token at {t}"), float(v)) for tok, v in step.items()])
-    topk_ids, topk_lp = _topk_arrays(positions, k, where)
+    topk_ids, topk_lp = _topk(positions, k, where)
     return ids, topk_ids, topk_lp, sampled, text, finish, server_finish
 
 
@@ -310,14 +282,14 @@ def _token_id_topk(top: list[Any], k: int) -> tuple[np.ndarray, np.ndarray] | No
 def parse_chat_choice(choice: dict[str, Any], k: int, token_map: TokenMap, where: str
                       ) -> tuple[list[int] | None, np.ndarray | None, np.ndarray | None, np.ndarray | None, str, str, str | None]:
     """A /v1/chat/completions choice -> the same tuple as ``parse_completion_choice``."""
-    finish, server_finish = _finish_reason(choice.get("finish_reason"), where)
+    finish, server_finish = _finish_reason(choice.get("finish_reason"))
     text = (choice.get("message") or {}).get("content") or ""
     content = (choice.get("logprobs") or {}).get("content")
     if k == 0:
         ids = choice.get("token_ids")
         return (list(map(int, ids)) if ids is not None else None), None, None, None, text, finish, server_finish
     if content is None:
-        raise EndpointError(f"{where}: response has no logprobs; the server ignored 'logprobs' (set endpoint.logprobs: false for a black-box endpoint)")
+        raise TeacherError(f"{where}: response has no logprobs; the server ignored 'logprobs' (set endpoint.logprobs: false for a black-box endpoint)")
     ids, positions, sampled = [], [], []
     for t, entry in enumerate(content):
         token_id = token_map.to_id(entry["token"], entry.get("bytes"), where=f"{where} token {t}")
@@ -328,8 +300,8 @@ def parse_chat_choice(choice: dict[str, Any], k: int, token_map: TokenMap, where
         # The sampled token is a candidate too: vLLM's chat list can start with it.
         positions.append(top + [(token_id, float(entry["logprob"]))])
     if choice.get("token_ids") is not None and list(map(int, choice["token_ids"])) != ids:
-        raise EndpointError(f"{where}: token_ids and logprobs tokens disagree")
-    topk_ids, topk_lp = _topk_arrays(positions, k, where)
+        raise TeacherError(f"{where}: token_ids and logprobs tokens disagree")
+    topk_ids, topk_lp = _topk(positions, k, where)
     return ids, topk_ids, topk_lp, np.asarray(sampled, dtype=np.float32), text, finish, server_finish
 
 
@@ -337,23 +309,11 @@ def parse_prompt_logprobs(choice: dict[str, Any], prompt_len: int, response_ids:
                           where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """vLLM's ``prompt_logprobs`` (first entry None; JSON keys are token ids) for the scored
     response positions -> topk ids, topk logprobs, logprobs of the given response tokens."""
-    entries = choice.get("prompt_logprobs")
-    total = prompt_len + len(response_ids)
-    if entries is None or len(entries) < total:
-        raise EndpointError(f"{where}: expected {total} prompt_logprobs entries, got "
-                            f"{None if entries is None else len(entries)} (is the server vLLM?)")
-    positions, sampled = [], []
-    for t, token_id in enumerate(response_ids):
-        step = entries[prompt_len + t]
-        if step is None:
-            raise EndpointError(f"{where}: prompt_logprobs entry {prompt_len + t} is None")
-        cands = {int(key): float(v["logprob"] if isinstance(v, dict) else v) for key, v in step.items()}
-        if int(token_id) not in cands:
-            raise EndpointError(f"{where}: prompt_logprobs at {prompt_len + t} lacks the scored token {token_id}")
-        sampled.append(cands[int(token_id)])
-        positions.append(list(cands.items()))
-    topk_ids, topk_lp = _topk_arrays(positions, k, where)
-    return topk_ids, topk_lp, np.asarray(sampled, dtype=np.float32)
+    entries = score_positions(choice.get("prompt_logprobs"), prompt_len, len(response_ids), where)
+    positions = [[(int(key), float(v["logprob"] if isinstance(v, dict) else v), None) for key, v in step.items()]
+                 for step in entries]
+    topk_ids, topk_lp, sampled = topk_arrays(positions, k, where, chosen=response_ids)
+    return topk_ids, topk_lp, sampled
 
 
 # ------------------------------------------------------------------------------------------
@@ -625,13 +585,13 @@ class OpenAITeacher:
                 if status == 429 or status == 408 or status >= 500:
                     raise _Retryable(f"HTTP {status}", _retry_after(response.headers.get("retry-after")))
                 if status != 200:
-                    raise EndpointError(f"{where}: HTTP {status}: {response.text[:500]}")
+                    raise TeacherError(f"{where}: HTTP {status}: {response.text[:500]}")
                 try:
                     data = json.loads(response.content)
                 except (ValueError, UnicodeDecodeError):
                     raise _Retryable("malformed JSON in response body") from None
                 if isinstance(data, dict) and "error" in data and "choices" not in data:
-                    raise EndpointError(f"{where}: server error: {str(data['error'])[:500]}")
+                    raise TeacherError(f"{where}: server error: {str(data['error'])[:500]}")
                 return job.convert(data)
             except _Retryable as exc:
                 last_reason = str(exc)
@@ -643,13 +603,13 @@ class OpenAITeacher:
                 await asyncio.sleep(backoff_delay(attempt, cfg.backoff_base_s, cfg.backoff_max_s, self._rng,
                                                   exc.retry_after))
             except (KeyError, TypeError, IndexError) as exc:
-                raise EndpointError(f"{where}: unexpected response shape ({type(exc).__name__}: {exc})") from None
-        raise EndpointError(f"{where}: gave up after {cfg.max_retries + 1} attempts; last failure: {last_reason}")
+                raise TeacherError(f"{where}: unexpected response shape ({type(exc).__name__}: {exc})") from None
+        raise TeacherError(f"{where}: gave up after {cfg.max_retries + 1} attempts; last failure: {last_reason}")
 
 
 def _single_choice(data: Any, where: str) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list) or len(data["choices"]) != 1:
-        raise EndpointError(f"{where}: expected a response with exactly one choice")
+        raise TeacherError(f"{where}: expected a response with exactly one choice")
     return data["choices"][0]
 
 
@@ -672,7 +632,6 @@ def _httpx_version() -> str | None:
 
 __all__ = [
     "EndpointConfig",
-    "EndpointError",
     "OpenAITeacher",
     "TokenMap",
     "TokenMappingError",

@@ -31,22 +31,20 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 
 from distill.config import ConfigError
-
-if TYPE_CHECKING:
-    from distill.teachers.recipe import TeacherRecipe
 from distill.teachers.base import (
     GenerationRequest,
     SamplingParams,
     ScoreRequest,
+    TeacherError,
     TeacherOutput,
     backend_settings,
 )
+from distill.teachers.logprobs import finish_reason, score_positions, topk_arrays
+
+if TYPE_CHECKING:
+    from distill.teachers.recipe import TeacherRecipe
 
 logger = logging.getLogger(__name__)
-
-
-class TeacherRequestError(RuntimeError):
-    """The engine finished a request without an answer (abort / error) after retries."""
 
 
 @dataclass(frozen=True)
@@ -122,42 +120,25 @@ def _position_arrays(position_logprobs: Any, token_ids: Sequence[int], k: int, w
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-position log-probs (``list[dict[int, Logprob]]`` or ``FlatLogprobs``) of the tokens
     ``token_ids`` -> top-k ids [T, k] int32, top-k logprobs [T, k] float32 sorted descending,
-    and the log-prob of each token in ``token_ids`` [T] float32.
+    and the log-prob of each token in ``token_ids`` [T] float32 (distill.teachers.logprobs).
 
     Each position holds the chosen token plus the top k (k entries when the chosen token is in
-    the top k, k+1 otherwise; the flat form keeps a duplicate instead). Ranks order ties.
+    the top k, k+1 otherwise; the flat form keeps a duplicate instead).
     """
     num_tokens = len(token_ids)
     if len(position_logprobs) != num_tokens:
-        raise TeacherRequestError(f"{where}: {len(position_logprobs)} log-prob positions for {num_tokens} tokens")
+        raise TeacherError(f"{where}: {len(position_logprobs)} log-prob positions for {num_tokens} tokens")
     if not isinstance(position_logprobs, list) and num_tokens:
         fast = _flat_positions(position_logprobs, token_ids, k)
         if fast is not None:
             return fast
-    topk_ids = np.empty((num_tokens, k), dtype=np.int32)
-    topk_logprobs = np.empty((num_tokens, k), dtype=np.float32)
-    chosen = np.empty(num_tokens, dtype=np.float32)
     if isinstance(position_logprobs, list):
         rows = (((tid, lp.logprob, lp.rank) for tid, lp in (step or {}).items()) for step in position_logprobs)
     else:  # FlatLogprobs: read its flat lists directly, no per-entry Logprob objects
         flat = position_logprobs
         rows = (zip(flat.token_ids[s:e], flat.logprobs[s:e], flat.ranks[s:e])
                 for s, e in zip(flat.start_indices, flat.end_indices))
-    for t, (row, token_id) in enumerate(zip(rows, token_ids)):
-        best: dict[int, tuple[float, int]] = {}
-        for tid, lp, rank in row:
-            rank = rank if rank is not None else 1 << 30
-            if tid not in best or rank < best[tid][1]:
-                best[int(tid)] = (float(lp), rank)
-        if int(token_id) not in best:
-            raise TeacherRequestError(f"{where}: position {t} lacks the log-prob of its own token {token_id}")
-        chosen[t] = best[int(token_id)][0]
-        if len(best) < k:
-            raise TeacherRequestError(f"{where}: position {t} has {len(best)} log-probs, expected >= {k}")
-        ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[1][1], item[0]))[:k]
-        topk_ids[t] = [tid for tid, _ in ranked]
-        topk_logprobs[t] = [v[0] for _, v in ranked]
-    return topk_ids, topk_logprobs, chosen
+    return topk_arrays(rows, k, where, chosen=token_ids)
 
 
 def _flat_positions(flat: Any, token_ids: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -190,26 +171,12 @@ def _flat_positions(flat: Any, token_ids: Sequence[int], k: int) -> tuple[np.nda
             logprobs[:, 0].astype(np.float32))
 
 
-def finish_reason(raw: Any) -> tuple[str | None, str | None]:
-    """vLLM finish reason -> (ours or None to resubmit, vLLM's when it differs from ours).
-
-    "abort" and "error" (retryable engine-side failures) and None (unfinished) get resubmitted;
-    "repetition" (vLLM's degenerate-output detector) ends the response early: "length".
-    """
-    raw = None if raw is None else str(raw)
-    if raw in ("stop", "length"):
-        return raw, None
-    if raw in ("abort", "error", None):
-        return None, raw
-    return "length", raw
-
-
 def completion_to_output(key: str, prompt_ids: Sequence[int], request_output: Any, k: int,
                          tokenizer: Any = None) -> TeacherOutput | None:
     """One vLLM ``RequestOutput`` (n=1) -> TeacherOutput; None when it must be resubmitted."""
     where = f"vllm request {key}"
     if len(request_output.outputs) != 1:
-        raise TeacherRequestError(f"{where}: expected one completion, got {len(request_output.outputs)}")
+        raise TeacherError(f"{where}: expected one completion, got {len(request_output.outputs)}")
     completion = request_output.outputs[0]
     ours, raw = finish_reason(completion.finish_reason)
     if ours is None:
@@ -218,7 +185,7 @@ def completion_to_output(key: str, prompt_ids: Sequence[int], request_output: An
     response_ids = [int(i) for i in completion.token_ids]
     if k:
         if completion.logprobs is None:
-            raise TeacherRequestError(f"{where}: no log-probs returned (was logprobs={k} dropped?)")
+            raise TeacherError(f"{where}: no log-probs returned (was logprobs={k} dropped?)")
         topk_ids, topk_logprobs, sampled = _position_arrays(completion.logprobs, response_ids, k, where)
     else:
         topk_ids = topk_logprobs = sampled = None
@@ -237,14 +204,8 @@ def prompt_logprobs_to_output(key: str, prompt_len: int, response_ids: Sequence[
     ``prompt_logprobs[i]`` is the distribution that predicted token i; entry 0 is None.
     """
     where = f"vllm score request {key}"
-    entries = request_output.prompt_logprobs
-    total = prompt_len + len(response_ids)
-    if entries is None or len(entries) != total:
-        raise TeacherRequestError(f"{where}: expected {total} prompt log-prob positions, got "
-                                  f"{None if entries is None else len(entries)} (is prefix caching on?)")
-    if prompt_len == 0:
-        raise TeacherRequestError(f"{where}: an empty prompt leaves the first response token unscored")
-    topk_ids, topk_logprobs, chosen = _position_arrays(entries[prompt_len:], response_ids, k, where)
+    entries = score_positions(request_output.prompt_logprobs, prompt_len, len(response_ids), where)
+    topk_ids, topk_logprobs, chosen = _position_arrays(entries, response_ids, k, where)
     prompt_ids = list(request_output.prompt_token_ids[:prompt_len])
     return TeacherOutput(
         key=key, prompt_ids=np.asarray(prompt_ids, dtype=np.int32), response_ids=np.asarray(response_ids, dtype=np.int32),
@@ -290,7 +251,7 @@ def run_chunk(engine: Any, chunk: _Chunk, make_params: Callable[..., Any], token
         for item, result in zip(pending, results):
             key, ids, _, response = item
             if list(result.prompt_token_ids) != ids:
-                raise TeacherRequestError(f"vllm request {key}: engine returned another prompt's output")
+                raise TeacherError(f"vllm request {key}: engine returned another prompt's output")
             if chunk.score:
                 scored = prompt_logprobs_to_output(key, len(ids) - len(response), response, result, chunk.k)
                 if tokenizer is not None:
@@ -305,7 +266,7 @@ def run_chunk(engine: Any, chunk: _Chunk, make_params: Callable[..., Any], token
         pending = retry
         if not pending:
             return outputs
-    raise TeacherRequestError(f"{len(pending)} request(s) still aborted after {max_attempts} attempts, "
+    raise TeacherError(f"{len(pending)} request(s) still aborted after {max_attempts} attempts, "
                               f"e.g. {pending[0][0]}; re-run the same command to resume")
 
 
@@ -535,10 +496,8 @@ class VLLMTeacher:
 
 
 __all__ = [
-    "TeacherRequestError",
     "VLLMEngineConfig",
     "VLLMTeacher",
     "completion_to_output",
-    "finish_reason",
     "prompt_logprobs_to_output",
 ]

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from distill.augment import AugmentConfig, augment_prompts
 from distill.cli import main
 from tests.augment.fake_teacher import FakeTeacher, random_responder
-from tests.test_augment import SEED_TEXTS, make_seeds
+from tests.augment.test_augment import SEED_TEXTS, make_seeds
 
 
 @pytest.fixture()
@@ -102,7 +102,7 @@ def test_deterministic_across_processes():
     script = (
         "import hashlib, json\n"
         "from tests.augment.fake_teacher import CharTokenizer, FakeTeacher, random_responder\n"
-        "from tests.test_augment import cfg, make_seeds\n"
+        "from tests.augment.test_augment import cfg, make_seeds\n"
         "from distill.augment import augment_prompts\n"
         "r = augment_prompts(FakeTeacher(CharTokenizer(), random_responder()), make_seeds(), cfg(num_prompts=40, "
         "few_shot=2, synthetic_fraction=0.5, requests_per_round=5, judge_threshold=3))\n"

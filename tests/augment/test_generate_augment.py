@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from distill.cli import main
 from tests.augment.fake_teacher import random_prompt
-from tests.test_augment import SEED_TEXTS
+from tests.augment.test_augment import SEED_TEXTS
 
 
 class PlantedAugmentText:

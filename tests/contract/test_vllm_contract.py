@@ -26,12 +26,12 @@ from vllm.logprobs import (  # noqa: E402
 from vllm.outputs import CompletionOutput, RequestOutput  # noqa: E402
 
 from distill.teachers.base import GenerationRequest, SamplingParams, ScoreRequest  # noqa: E402
+from distill.teachers.logprobs import finish_reason  # noqa: E402
 from distill.teachers.vllm import (  # noqa: E402
     VLLMEngineConfig,
     VLLMTeacher,
     _Chunk,
     completion_to_output,
-    finish_reason,
     prompt_logprobs_to_output,
     run_chunk,
 )
@@ -136,7 +136,7 @@ def test_every_finish_reason():
     from vllm.v1.engine import FINISH_REASON_STRINGS, FinishReason
 
     assert set(FINISH_REASON_STRINGS) == {"stop", "length", "abort", "error", "repetition"}, (
-        "vLLM added a finish reason: map it in distill.teachers.vllm.finish_reason")
+        "vLLM added a finish reason: map it in distill.teachers.logprobs.finish_reason")
     expected = {"stop": ("stop", None), "length": ("length", None), "abort": (None, "abort"),
                 "error": (None, "error"), "repetition": ("length", "repetition")}
     for reason in FinishReason:

@@ -21,10 +21,9 @@ import pytest
 import yaml
 
 from distill.config import ConfigError
-from distill.teachers.base import GenerationRequest, SamplingParams
+from distill.teachers.base import GenerationRequest, SamplingParams, TeacherError
 from distill.teachers.openai_http import (
     EndpointConfig,
-    EndpointError,
     OpenAITeacher,
     TokenMap,
     TokenMappingError,
@@ -239,13 +238,13 @@ def test_non_retryable_error_and_exhausted_retries():
     with FaultyServer(fault_rate=1.0, stall_s=0.3) as server:
         # fault_rate 1: every first attempt fails; with no retries allowed the run stops, naming the request.
         teacher = _teacher(server.base_url, max_retries=0, request_timeout_s=0.2)
-        with pytest.raises(EndpointError, match=r"request r0: gave up after 1 attempts"):
+        with pytest.raises(TeacherError, match=r"request r0: gave up after 1 attempts"):
             list(teacher.generate([GenerationRequest("r0", (1, 2), seed=0)], SamplingParams(max_new_tokens=4, top_k_logprobs=2)))
     with FaultyServer(fault_rate=0.0, api_key="right") as server:
         os.environ["DISTILL_TEST_WRONG_KEY"] = "wrong-secret"
         try:
             teacher = _teacher(server.base_url, api_key_env="DISTILL_TEST_WRONG_KEY")
-            with pytest.raises(EndpointError, match="HTTP 401") as info:
+            with pytest.raises(TeacherError, match="HTTP 401") as info:
                 list(teacher.generate([GenerationRequest("r1", (1, 2), seed=0)], SamplingParams(max_new_tokens=4, top_k_logprobs=2)))
             assert "wrong-secret" not in str(info.value)
             assert teacher.stats["attempts"] == 1  # a 401 is not retried

@@ -114,34 +114,45 @@ def test_resume_position_yields_the_same_batches(corpus_dir):
 
 
 _RSS_SCRIPT = r"""
-import json, resource, sys
+import json, sys
 import numpy as np
+import torch  # imported by collate on first use: load it before the baseline
 from distill.train import data as train_data
 from distill.corpus import open_corpus
+
+def rss_kb():  # current resident set (the peak counter would hold the import's own peak)
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * 4
+
 corpus = open_corpus(sys.argv[1])
 spec = train_data.BatchSpec(max_seq_len=512, tokens_per_batch=2048, batch_size=None, grad_accum=1, world_size=1, seed=0)
 stats = train_data.VocabStats(vocab_size=320)
+before = peak = rss_kb()
 n = 0
 for _, _, micro in train_data.iter_steps(corpus, corpus.lengths(), spec, rank=0, start_epoch=0, start_step=0,
         num_epochs=1, exclude=None, collate_kwargs={"max_seq_len": 512, "pad_id": 0, "top_k": 20, "stats": stats}):
     n += sum(m["num_tokens"] for m in micro)
-print(json.dumps({"tokens": n, "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+    peak = max(peak, rss_kb())
+print(json.dumps({"tokens": n, "growth_kb": peak - before}))
 """
 
 
 @pytest.mark.slow
 def test_data_loading_memory_is_flat_in_corpus_size(tmp_path):
-    """10x more rows -> peak RSS within +10% (rows stream through a bounded row-group cache)."""
-    # ~20 KB of decoded top-k per row: holding the 10x corpus in memory would add ~80 MB (> 20%)
+    """20x more rows -> about the same resident-memory growth while iterating (rows stream through a
+    bounded row-group cache). Holding the 20x corpus (~20 KB of decoded top-k per row) would add
+    ~160 MB; streaming it measured +30 MB over the 1x corpus (allocator and Parquet buffers), so the
+    64 MiB bound has a wide margin both ways. Growth is counted from after the imports, so the
+    interpreter's and torch's own memory, which varies between machines, is left out."""
     rows = synthetic_rows(400, seed=1, top_k=20, max_response=250)
     small = write_corpus(tmp_path / "small", rows, _Tok(), top_k=20, row_group_size=32)
-    large = write_corpus(tmp_path / "large", rows * 10, _Tok(), top_k=20, row_group_size=32, num_shards=4)
+    large = write_corpus(tmp_path / "large", rows * 20, _Tok(), top_k=20, row_group_size=32, num_shards=4)
     results = []
     for folder in (small, large):
         out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(folder)], capture_output=True, text=True,
                              cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    assert results[1]["tokens"] > 8 * results[0]["tokens"]
-    print("data loading peak RSS (KiB), 1x vs 10x corpus:", results)
-    assert results[1]["rss_kb"] <= 1.10 * results[0]["rss_kb"], results
+    assert results[1]["tokens"] > 16 * results[0]["tokens"]
+    print("data loading peak RSS growth (KiB), 1x vs 20x corpus:", results)
+    assert results[1]["growth_kb"] <= results[0]["growth_kb"] + 64 * 1024, results

@@ -104,23 +104,21 @@ def test_kill_then_resume_matches_uninterrupted(tiny_student_dir, kd_corpus, tmp
     result = cli(train_args(tiny_student_dir, kd_corpus, ref, **args))
     assert result.exit_code == 0, result.output
     out = tmp_path / "killed"
+    # The run SIGKILLs itself at a fixed point (the start of step 7: past the step-4 checkpoint,
+    # mid-interval), so the test kills the same step on any machine, fast or slow.
+    kill_at = every + 2
+    code = ("import os, signal, sys; import distill.train.loop as loop; step = loop.train_step\n"
+            "def dying(engine, micro, i, total):\n"
+            f"    if i == {kill_at}: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "    return step(engine, micro, i, total)\n"
+            "loop.train_step = dying; from distill.cli import main; sys.argv[0] = 'distill'; main()")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "distill", *train_args(tiny_student_dir, kd_corpus, out, **args)],
-                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = out / "metrics.jsonl"
-    deadline = time.time() + 180
-    killed_at = None
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists():
-            lines = [l for l in metrics.read_text().splitlines() if l.strip()]
-            if len(lines) >= every + 2:  # past the first checkpoint, mid-interval
-                proc.send_signal(signal.SIGKILL)
-                killed_at = len(lines)
-                break
-        time.sleep(0.01)
-    proc.wait()
-    assert killed_at is not None and proc.returncode == -signal.SIGKILL, "run ended before it could be killed"
-    assert killed_at < steps
+    proc = subprocess.run([sys.executable, "-c", code, *train_args(tiny_student_dir, kd_corpus, out, **args)],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    logged = [m for m in read_metrics(out) if "loss" in m]
+    assert [m["step"] for m in logged] == list(range(1, kill_at + 1))
+    assert [p.name for p in (out / "checkpoints").glob("step-*")] == [f"step-{every:07d}"]
     run_cli(train_args(tiny_student_dir, kd_corpus, out, resume=True, **args))
     got = {m["step"]: m["loss"] for m in read_metrics(out) if "loss" in m}
     want = {m["step"]: m["loss"] for m in read_metrics(ref) if "loss" in m}

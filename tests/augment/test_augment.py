@@ -4,7 +4,6 @@ determinism, resume by round, and bad input. The teacher is a fake implementing 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -14,16 +14,10 @@ from click.testing import CliRunner
 
 from distill.cli import main
 from distill.config import ConfigError
-from distill.evaluate import (
-    EXIT_GATE_FAILED,
-    EXIT_MODEL_FAILED,
-    GATE_METRICS,
-    evaluate_gate,
-    parse_gate,
-    score_with_ci,
-    wilson_interval,
-)
-from distill.scorers import (
+from distill.eval import EXIT_GATE_FAILED, EXIT_MODEL_FAILED
+from distill.eval.gate import GATE_METRICS, evaluate_gate, parse_gate
+from distill.eval.stats import score_with_ci, wilson_interval
+from distill.eval.scorers import (
     SuiteError,
     answers_agree,
     judge_result,
@@ -353,7 +347,7 @@ def test_speed_and_params_are_measured(full_run):
 
 
 def test_combine_speed_rounds_takes_the_median_and_pools_latencies():
-    from distill.evaluate import combine_speed_rounds
+    from distill.eval.generation import combine_speed_rounds
 
     def round_(b1, batch, latencies):
         return {"prompts": 2, "max_new_tokens": 8,
@@ -417,7 +411,9 @@ def test_kl_to_teacher_is_exact_full_vocabulary_kl(full_run, models):
 def test_kl_with_small_top_k_is_a_lower_bound(models):
     import torch
 
-    from distill.evaluate import TeacherRef, generate_greedy, kl_to_teacher, load_model
+    from distill.eval.generation import generate_greedy
+    from distill.eval.kl import TeacherRef, kl_to_teacher
+    from distill.eval.models import load_model
     from distill.prompts import encode_prompt
 
     teacher, tok = load_model(str(models["a42"]), torch.device("cpu"), torch.float32)
@@ -506,12 +502,19 @@ def test_model_served_by_a_teacher_backend(models, tmp_path, monkeypatch):
     """A --model whose recipe names a serving backend (vLLM, HTTP) is run through the Teacher
     protocol: scored, timed, its size read from safetensors headers, its top-k used as the
     teacher's side of other models' KL; it has no KL of its own."""
-    import distill.evaluate as ev
-    from distill.evaluate import EvalConfig, count_params, load_model, run
+    import distill.eval.models
+    import distill.eval.runner
+    from distill.eval import EvalConfig, run
+    from distill.eval.models import count_params, load_model
 
-    real_resolve = ev.resolve_model
+    real_resolve = distill.eval.models.resolve_model
     served = str(models["a42"])
-    monkeypatch.setattr(ev, "resolve_model", lambda spec: (spec, "vllm") if spec == served else real_resolve(spec))
+
+    def resolve(spec):
+        return (spec, "vllm") if spec == served else real_resolve(spec)
+
+    monkeypatch.setattr(distill.eval.models, "resolve_model", resolve)
+    monkeypatch.setattr(distill.eval.runner, "resolve_model", resolve)
     suite = write_suite(tmp_path / "suite.jsonl", SUITE_ROWS)
     report = run(EvalConfig(
         models=(f"teacher={served}", f"student={models['a41']}"), suite=str(suite), out=str(tmp_path / "out"),
@@ -527,7 +530,7 @@ def test_model_served_by_a_teacher_backend(models, tmp_path, monkeypatch):
 
 
 def test_model_spec_resolution(tmp_path):
-    from distill.evaluate import resolve_model
+    from distill.eval.models import resolve_model
 
     (tmp_path / "run" / "final").mkdir(parents=True)
     (tmp_path / "run" / "final" / "config.json").write_text("{}")
@@ -544,7 +547,7 @@ def test_model_spec_resolution(tmp_path):
 
 
 def test_exit_code_precedence():
-    from distill.evaluate import EXIT_OK, exit_code
+    from distill.eval import EXIT_OK, exit_code
 
     ok = {"models": {"a": {"status": "ok"}}, "gate": None}
     assert exit_code(ok) == EXIT_OK
@@ -555,7 +558,7 @@ def test_exit_code_precedence():
 
 
 def test_chart_handles_ci_bounds_at_the_ends(tmp_path):
-    from distill.evaluate import plot_chart
+    from distill.eval.report import plot_chart
 
     assert wilson_interval(0, 600)[0] == 0.0 and wilson_interval(600, 600)[1] == 1.0
     entry = {"status": "ok", "tokens_per_s": 10.0, "tokens_per_s_batch": 50.0}
