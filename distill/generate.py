@@ -49,7 +49,7 @@ class GenerateConfig:
 
     teacher: str = field("", help="teacher recipe name, recipe YAML, or local HF model directory")
     prompts: str | tuple[str, ...] = field("", help="seed prompts: .jsonl, .csv, .parquet, or a datasets.save_to_disk "
-                                           "folder; a list reads several as one set")
+                                           "folder; repeat to read several as one set")
     out: str = field("", help="corpus output directory (resumable; shared by --shard workers)")
     backend: Backend | None = field(None, help="teacher backend", default_text="the recipe's")
     top_k: int = field(20, help="teacher log-probs stored per response token (>= 1)")

@@ -150,6 +150,8 @@ def docs_table(cls: type) -> str:
     lines = ["| option | default | meaning |", "| --- | --- | --- |"]
     for spec in option_specs(cls):
         text = spec.help.replace("|", "\\|")
+        if isinstance(spec.value_type, click.Choice):
+            text += "; one of " + ", ".join(f"`{c}`" for c in spec.value_type.choices)
         lines.append(f"| `{spec.decl()}` | {spec.default_text.replace('|', chr(92) + '|')} | {text} |")
     return "\n".join(lines)
 

@@ -15,8 +15,8 @@ set -euo pipefail
 RUN=${RUN:-runs/demo}
 SEED=${SEED:-0}
 TEACHER=${TEACHER:-demo}
-AUGMENT=${AUGMENT:-4000}  # at 2,000 steps: 3,000 prompts gave the student ~0.93, 4,000 ~0.97 (~30 s more generation)
-STEPS=${STEPS:-2000}      # on the bench corpora: 0.960 at 1,500 steps, 0.973 at 2,000, 0.976 at 2,500 (4 seeds)
+AUGMENT=${AUGMENT:-4000}  # synthetic prompts; sizes and step counts tried: bench/demo.md, bench/student_recipe.md
+STEPS=${STEPS:-2000}
 KD=${KD:-0.2}
 THREADS=${OMP_NUM_THREADS:-2}
 export OMP_NUM_THREADS=$THREADS

@@ -37,25 +37,6 @@ def eos_and_pad(model: Any, tokenizer: Any) -> tuple[list[int], int]:
     return eos, int(pad)
 
 
-def _topk_capture(k: int):
-    """A LogitsProcessor that keeps the top-k of the raw next-token log-softmax at each step and
-    leaves the scores untouched: [B, k] per step instead of output_logits' [B, vocab]."""
-    import torch
-    from transformers import LogitsProcessor
-
-    class _Capture(LogitsProcessor):
-        def __init__(self) -> None:
-            self.steps: list[tuple[Any, Any]] = []
-
-        def __call__(self, input_ids: Any, scores: Any) -> Any:
-            logprobs = torch.log_softmax(scores.float(), dim=-1)
-            values, ids = torch.topk(logprobs, min(k, logprobs.shape[-1]), dim=-1)
-            self.steps.append((ids.cpu(), values.cpu()))
-            return scores
-
-    return _Capture()
-
-
 def generate_greedy(
     model: Any,
     tokenizer: Any,
@@ -69,55 +50,33 @@ def generate_greedy(
 ) -> list[Generation]:
     """Greedy responses to ``prompts`` (token id lists), batched with left padding.
 
-    With ``capture_top_k`` > 0 the raw (temperature-1, unprocessed: the generation config has no
-    warpers or penalties) log-probs at each generated position are kept as top-k ids/log-probs:
-    the teacher's side of the KL.
+    The decoding is the HF teacher's own (``distill.teachers.hf.generate_batch`` at temperature 0,
+    through ``model.generate``): one greedy path for the corpus and for eval. With
+    ``capture_top_k`` > 0 the raw (temperature-1, unprocessed) log-probs at each generated position
+    are kept as top-k ids/log-probs: the teacher's side of the KL.
     """
-    import torch
     from tqdm import tqdm
-    from transformers import GenerationConfig, LogitsProcessorList
 
-    device = next(model.parameters()).device
+    from distill.teachers.base import SamplingParams
+    from distill.teachers.hf import generate_batch
+
     eos, pad = eos_and_pad(model, tokenizer)
-    gen_config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad,
-        num_beams=1, temperature=None, top_p=None, top_k=None,
-    )
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    # k >= the vocabulary keeps every log-prob: the exact distribution
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, top_k_logprobs=min(capture_top_k, vocab))
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i])) if sort_by_length else list(range(len(prompts)))
     results: list[Generation | None] = [None] * len(prompts)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     eos_set = set(eos)
     for batch in tqdm(batches, desc=desc, unit="batch", disable=desc is None, leave=False):
-        width = max(len(prompts[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids = prompts[i]
-            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            attention[row, width - len(ids) :] = 1
-        capture = _topk_capture(capture_top_k) if capture_top_k > 0 else None
-        with torch.no_grad():
-            sequences = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=gen_config,
-                logits_processor=LogitsProcessorList([capture] if capture is not None else []),
-            )
-        new_tokens = sequences[:, width:].cpu().tolist()
-        if capture is not None:
-            top_ids = torch.stack([ids for ids, _ in capture.steps], dim=1).numpy().astype(np.int32)  # [B, steps, k]
-            top_logprobs = torch.stack([v for _, v in capture.steps], dim=1).numpy()
-        for row, i in enumerate(batch):
-            ids = new_tokens[row]
-            end = next((t + 1 for t, tok in enumerate(ids) if tok in eos_set), len(ids))
-            response = ids[:end]
+        rows = generate_batch(model, tokenizer, [prompts[i] for i in batch], [0] * len(batch), params,
+                              eos_ids=eos, pad_id=pad, cache="dynamic")
+        for i, row in zip(batch, rows):
+            response = row["response_ids"].tolist()
             text_ids = response[:-1] if response and response[-1] in eos_set else response
-            generation = Generation(
-                prompt_ids=list(prompts[i]), response_ids=response,
-                text=tokenizer.decode(text_ids, skip_special_tokens=True),
-            )
-            if capture is not None:
-                generation.topk_ids = top_ids[row, :end]
-                generation.topk_logprobs = top_logprobs[row, :end]
-            results[i] = generation
+            results[i] = Generation(prompt_ids=list(prompts[i]), response_ids=response,
+                                    text=tokenizer.decode(text_ids, skip_special_tokens=True),
+                                    topk_ids=row["topk_ids"], topk_logprobs=row["topk_logprobs"])
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]
 

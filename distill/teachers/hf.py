@@ -528,9 +528,8 @@ class HFTeacher:
     def cache_for(self, params: SamplingParams) -> str:
         """How one generate call decodes. ``auto`` on CPU: ``shrinking`` (``decode_batch``: a KV
         cache allocated once and filled in place, finished rows dropped from the batch) for models
-        whose layers all use full attention; on the demo teacher it writes prompts in 0.66x the
-        time of ``static`` and answers in 0.81x that of ``dynamic`` (bench/generation_cache.md).
-        Other models (sliding-window or linear-attention layers) go through ``model.generate``:
+        whose layers all use full attention (faster than both others on CPU:
+        bench/generation_cache.md). Other models (sliding-window or linear-attention layers) go through ``model.generate``:
         ``static`` for long generations (>= STATIC_MIN_NEW_TOKENS), ``dynamic`` for short ones.
         On a GPU ``auto`` stays ``dynamic`` (the others are not measured there; name one to use
         it). The same tokens either way, up to float rounding."""
