@@ -37,6 +37,7 @@ from typing import Any, Iterable, Literal, Sequence
 
 from distill.atomic import atomic_write_text
 from distill.config import ConfigError, bad, field
+from distill.lock import FolderLock
 from distill.prompts import PromptRecord, encode_prompt, normalize_text, prompt_hash
 from distill.teachers import Backend, TeacherRecipe
 
@@ -813,6 +814,7 @@ def run(config: AugmentConfig) -> dict[str, Any]:
     seeds = read_seeds(config.prompts)
     recipe = teacher_recipe(config.teacher)
     resolve_templates(config, recipe)  # template errors before the teacher loads
+    lock = FolderLock(out_dir, purpose="distill augment").acquire()
     teacher = load_teacher(config.teacher, backend=config.backend)
     try:
         manifest_path = out_dir / "augment.json"
@@ -838,6 +840,7 @@ def run(config: AugmentConfig) -> dict[str, Any]:
         manifest = write_outputs(out_dir, result, extra)
     finally:
         teacher.close()
+        lock.release()
     for line in summary_lines(result.stats):
         print(line)
     print(f"wrote {out_dir / 'prompts.jsonl'} ({result.stats['accepted']} prompts) and {out_dir / 'augment.json'}")

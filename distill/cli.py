@@ -8,14 +8,16 @@ print one line and exit with their class's code (distill/errors.py).
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from typing import Any
 
 import click
 
 from distill import __version__
 from distill.augment import AugmentConfig
-from distill.errors import DistillError, ExitCode
+from distill.errors import DistillError, ExitCode, describe_os_error
 from distill.eval import EvalConfig
 from distill.generate import GenerateConfig
 from distill.options import given, stage_options
@@ -23,17 +25,26 @@ from distill.train import TrainConfig
 
 
 class DistillGroup(click.Group):
-    """Turns user-facing failures into one clear line and the exit code of their class."""
+    """Turns user-facing failures into one clear line and the exit code of their class
+    (``--debug`` or DISTILL_DEBUG=1 shows the traceback as well)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except DistillError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(int(exc.exit_code))
-        except FileNotFoundError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(int(ExitCode.BAD_INPUT))
+            self._fail(ctx, " ".join(str(exc).split()), exc.exit_code)
+        except OSError as exc:  # the file system said no: permission, disk full, a missing path
+            message, code = describe_os_error(exc)
+            self._fail(ctx, message, code)
+        except UnicodeDecodeError as exc:
+            self._fail(ctx, f"undecodable bytes (not UTF-8) at byte {exc.start}: {exc.reason}", ExitCode.BAD_INPUT)
+
+    @staticmethod
+    def _fail(ctx: click.Context, message: str, code: ExitCode) -> None:
+        if (ctx.obj or {}).get("debug") or os.environ.get("DISTILL_DEBUG"):
+            traceback.print_exc()
+        click.echo(f"error: {message}", err=True)
+        sys.exit(int(code))
 
 
 @click.group(cls=DistillGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
@@ -41,7 +52,9 @@ class DistillGroup(click.Group):
 # The deepspeed launcher inserts --local_rank=N after the module name; the rank comes from the
 # environment (LOCAL_RANK) anyway, so accept and ignore it.
 @click.option("--local_rank", "--local-rank", type=int, hidden=True, expose_value=False)
-def main() -> None:
+@click.option("--debug", is_flag=True, help="show the traceback of a failure too (or set DISTILL_DEBUG=1)")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
     """Distill a large teacher LLM into a small student.
 
     \b
@@ -52,8 +65,10 @@ def main() -> None:
     distill inspect    summarize a corpus
 
     Exit codes: 0 ok, 1 unexpected error, 2 bad input, 3 gate failed, 4 a model failed to evaluate,
-    5 training diverged, 6 lock held, 7 nothing to do, 75 preempted (rerun to resume); docs/cli.md.
+    5 training diverged, 6 lock held, 7 nothing to do, 74 storage refused, 75 preempted (rerun to
+    resume); docs/cli.md.
     """
+    ctx.obj = {"debug": debug}
 
 
 @main.command("generate")

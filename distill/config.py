@@ -106,7 +106,13 @@ def read_yaml_layer(path: str | Path) -> Layer:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     try:
         data = yaml.safe_load(text)
         lines = _yaml_lines(yaml.compose(text, Loader=yaml.SafeLoader))
@@ -149,9 +155,16 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: must be one of {', '.join(map(str, args))}, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string: a user means the number
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: must be a number, got {value!r}")
         return float(value)
+    if tp is int and isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value)
     if origin is tuple:
         if isinstance(value, str):
             value = (value,)

@@ -58,20 +58,23 @@ def read_suite_prompts(files: list[Path]) -> list[str]:
     """All prompt texts of the suite files; a malformed line is an error naming file and line."""
     texts: list[str] = []
     for path in files:
-        with path.open("r", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{path}:{lineno}: invalid JSON in eval suite: {exc.msg}") from None
-                if isinstance(row, dict) and isinstance(row.get("prompt"), str):
-                    texts.append(row["prompt"])
-                elif isinstance(row, dict) and isinstance(row.get("messages"), list):
-                    texts.extend(str(m.get("content", "")) for m in row["messages"] if isinstance(m, dict))
-                else:
-                    raise ConfigError(f"{path}:{lineno}: eval suite line needs a 'prompt' string or a 'messages' list")
+        try:
+            lines = path.read_bytes().decode("utf-8-sig").split("\n")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}:{lineno}: invalid JSON in eval suite: {exc.msg}") from None
+            if isinstance(row, dict) and isinstance(row.get("prompt"), str):
+                texts.append(row["prompt"])
+            elif isinstance(row, dict) and isinstance(row.get("messages"), list):
+                texts.extend(str(m.get("content", "")) for m in row["messages"] if isinstance(m, dict))
+            else:
+                raise ConfigError(f"{path}:{lineno}: eval suite line needs a 'prompt' string or a 'messages' list")
     if not texts:
         raise ConfigError(f"--decontaminate: suite {', '.join(map(str, files))} holds no prompts")
     return texts

@@ -15,6 +15,8 @@ code  name                  meaning, and what a scheduler should do
 5     DIVERGED              training's loss went NaN/inf; no final model was written
 6     LOCK_HELD             another process owns the output folder or store; retry later
 7     NOTHING_TO_DO         no new input since the last run: nothing was done
+74    IO_ERROR              the system refused: permission denied, disk full, file too large; fix
+                            the storage and rerun (what was written stays resumable)
 75    PREEMPTED             stopped by SIGTERM/SIGINT after saving a resumable state; rerun the
                             same command to continue (75 is EX_TEMPFAIL: "try again")
 ====  ====================  ==============================================================
@@ -38,6 +40,7 @@ class ExitCode(enum.IntEnum):
     DIVERGED = 5
     LOCK_HELD = 6
     NOTHING_TO_DO = 7
+    IO_ERROR = 74
     PREEMPTED = 75
 
 
@@ -50,6 +53,7 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.DIVERGED: "training diverged (non-finite loss); no final model written",
     ExitCode.LOCK_HELD: "another process holds the lock on the output folder or store",
     ExitCode.NOTHING_TO_DO: "nothing new to do",
+    ExitCode.IO_ERROR: "the system refused a read or write: permission denied, disk full, file too large (resumable)",
     ExitCode.PREEMPTED: "stopped by a signal after saving a resumable state: rerun to continue",
 }
 
@@ -88,6 +92,28 @@ class Preempted(DistillError):
     """Stopped by SIGTERM/SIGINT after writing a resumable state."""
 
     exit_code = ExitCode.PREEMPTED
+
+
+def describe_os_error(exc: OSError) -> tuple[str, ExitCode]:
+    """An OSError from the file system as one line naming the path, and its exit code."""
+    import errno
+
+    where = exc.filename or ""
+    if isinstance(exc, (PermissionError,)) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what = "permission denied (read-only folder or another owner)"
+    elif exc.errno == errno.ENOSPC:
+        what = "no space left on the device; free space and rerun the same command to resume"
+    elif exc.errno == errno.EFBIG:
+        what = "file too large for the file system; free space or use another folder, then rerun to resume"
+    elif exc.errno == errno.EDQUOT:
+        what = "disk quota exceeded; free space and rerun the same command to resume"
+    elif isinstance(exc, FileNotFoundError):
+        return f"{where}: no such file or folder", ExitCode.BAD_INPUT
+    elif isinstance(exc, (IsADirectoryError, NotADirectoryError)):
+        return f"{where}: {exc.strerror}", ExitCode.BAD_INPUT
+    else:
+        what = exc.strerror or str(exc)
+    return f"{where}: {what}" if where else what, ExitCode.IO_ERROR
 
 
 def markdown_table() -> str:

@@ -148,7 +148,12 @@ def prompts_to_answer(config: GenerateConfig, teacher: Any, seeds: list[Any]) ->
         return list(seeds), None
     from pathlib import Path
 
-    from distill.augment import augment_config_for, augment_prompts, summary_lines, write_outputs
+    from distill.augment import (
+        augment_config_for,
+        augment_prompts,
+        summary_lines,
+        write_outputs,
+    )
     from distill.teachers import teacher_recipe
 
     augment = augment_config_for(config)
@@ -222,6 +227,38 @@ def _to_row(plan: _Planned, output: Any) -> Any:
     )
 
 
+def nonfinite(output: Any) -> bool:
+    """True when the teacher's log-probs for a row hold NaN or +inf (NaN weights, an fp16/bf16
+    overflow): such a row is never stored."""
+    import numpy as np
+
+    for values in (output.topk_logprobs, output.sampled_logprobs):
+        if values is not None and (np.isnan(values).any() or np.isposinf(values).any()):
+            return True
+    return False
+
+
+def _shard_rows(config: GenerateConfig, shard_rows: list[_Planned], outputs: dict[str, Any], index: int) -> tuple[list[Any], Counter]:
+    """The corpus rows of one shard; rows with non-finite log-probs fail the run (or, with
+    --skip-invalid, are left out and counted)."""
+    from distill.teachers.base import TeacherError
+
+    rows, skipped = [], Counter()
+    for plan in shard_rows:
+        output = outputs[plan.rid]
+        if nonfinite(output):
+            if not config.skip_invalid:
+                where = plan.record.origin.get("where") or plan.record.id
+                raise TeacherError(
+                    f"teacher output for prompt {where} (row {plan.rid[:12]}, shard {index}) holds NaN/inf log-probs: "
+                    "the teacher's weights or its precision (fp16/bf16 overflow) are broken; nothing of this shard was "
+                    "written (--skip-invalid leaves such rows out and counts them)")
+            skipped["nonfinite_logprobs"] += 1
+            continue
+        rows.append(_to_row(plan, output))
+    return rows, skipped
+
+
 def _reference_requests(teacher: Any, rows: list[_Planned]) -> list[Any]:
     """--responses reference: each row's labelled reference (+ EOS) as the response to score."""
     from distill.teachers.base import ScoreRequest
@@ -261,6 +298,7 @@ def run(config: GenerateConfig) -> dict[str, Any]:
     from distill.corpus import CorpusWriter
     from distill.fingerprint import tokenizer_fingerprint
     from distill.ingest import ingest
+    from distill.lock import LOCK_NAME, FolderLock
     from distill.teachers import load_teacher
     from distill.teachers.base import GenerationRequest, SamplingParams
 
@@ -268,10 +306,17 @@ def run(config: GenerateConfig) -> dict[str, Any]:
     worker = parse_shard(config.shard)
     seeds = ingest(config.prompts, skip_invalid=config.skip_invalid)
     overrides = {"batch_size": config.batch_size} if config.batch_size is not None else {}
-    teacher = load_teacher(config.teacher, backend=config.backend, **overrides)
+    lock_name = LOCK_NAME if worker[1] == 1 else f".distill-worker-{worker[0]}-of-{worker[1]}.lock"
+    lock = FolderLock(config.out, lock_name, purpose=f"distill generate, worker {worker[0]}/{worker[1]}").acquire()
+    try:
+        teacher = load_teacher(config.teacher, backend=config.backend, **overrides)
+    except BaseException:
+        lock.release()
+        raise
     try:
         if config.top_k > len(teacher.tokenizer):
             raise ConfigError(f"--top-k {config.top_k} exceeds the teacher's vocabulary ({len(teacher.tokenizer)} tokens)")
+        teacher.load(score=config.responses == "reference")  # a teacher that cannot start fails before any write
         records, augmentation = prompts_to_answer(config, teacher, seeds.records)
         skipped = Counter(seeds.skipped)
         encoded = _encode_and_check(config, teacher, records, skipped)
@@ -320,7 +365,8 @@ def run(config: GenerateConfig) -> dict[str, Any]:
             missing = [p.rid for p in shard_rows if p.rid not in outputs]
             if missing:
                 raise RuntimeError(f"teacher returned no output for {len(missing)} request(s), e.g. {missing[0]}")
-            writer.write_shard(index, [_to_row(p, outputs[p.rid]) for p in shard_rows])
+            rows, shard_skipped = _shard_rows(config, shard_rows, outputs, index)
+            writer.write_shard(index, rows, skipped=dict(shard_skipped))
         bar.close()
         elapsed = time.perf_counter() - started
         stats = _shard_stats(writer)
@@ -328,6 +374,7 @@ def run(config: GenerateConfig) -> dict[str, Any]:
                       "new_response_tokens_last_run": new_tokens,
                       "response_tokens_per_s_last_run": round(new_tokens / elapsed, 2) if elapsed else None})
         ingest_stats = seeds.stats()
+        skipped.update(writer.skipped_rows())  # rows left out at generation, over every run of this worker
         ingest_stats["skipped"] = dict(sorted(skipped.items()))
         manifest = writer.finish(extra={
             "teacher": fingerprint,
@@ -340,6 +387,7 @@ def run(config: GenerateConfig) -> dict[str, Any]:
         })
     finally:
         teacher.close()
+        lock.release()
     for line in summary_lines(manifest, config.out):
         print(line, file=sys.stderr)
     return manifest

@@ -77,7 +77,7 @@ def _jsonl(path: Path) -> Iterator[tuple[str, Any]]:
         for number, raw in enumerate(fh, start=1):
             where = f"{path}:{number}"
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM must not cost line 1
             except UnicodeDecodeError as exc:
                 yield where, _Bad("not_utf8", f"{where}: not valid UTF-8 (byte {exc.start})")
                 continue

@@ -8,6 +8,23 @@ from pathlib import Path
 from typing import Any
 
 
+def floor_rows(table: Any, top_k: int, scale: int) -> int:
+    """Rows where the teacher's most likely token sits at the log-prob floor (-MAX_NATS): a
+    distribution no working model produces, the mark of a broken teacher."""
+    import numpy as np
+
+    from distill.corpus.schema import MAX_NATS
+
+    if not top_k or table.num_rows == 0:
+        return 0
+    column = table["topk_logprob_codes"].combine_chunks()
+    offsets = np.asarray(column.offsets)
+    values = np.asarray(column.values)
+    first = np.arange(0, len(values), top_k)  # each position's top-1 code (absolute)
+    at_floor = first[values[first] >= int(MAX_NATS * scale)]
+    return int(np.unique(np.searchsorted(offsets, at_floor, side="right") - 1).size)
+
+
 def summarize(corpus: Any) -> dict[str, Any]:
     """The numbers of a corpus as one JSON-able dict (the --json output)."""
     import pyarrow.parquet as pq
@@ -16,10 +33,14 @@ def summarize(corpus: Any) -> dict[str, Any]:
 
     prompts: dict[str, str] = {}  # prompt id -> text, for the diversity figures
     reasons: Counter[str] = Counter()
+    floor = 0
+    scale = int(corpus.manifests[0].get("encoding", {}).get("logprob_scale", 1))
     for path in corpus.shard_paths:
-        table = pq.read_table(path, columns=["prompt_id", "finish_reason", "prompt_text"])
+        columns = ["prompt_id", "finish_reason", "prompt_text"] + (["topk_logprob_codes"] if corpus.top_k else [])
+        table = pq.read_table(path, columns=columns)
         prompts.update(zip(table["prompt_id"].to_pylist(), table["prompt_text"].to_pylist()))
         reasons.update(table["finish_reason"].to_pylist())
+        floor += floor_rows(table, corpus.top_k, scale)
     skipped: Counter[str] = Counter()
     duplicates = 0
     runs = {m.get("identity_sha256") for m in corpus.manifests}
@@ -44,6 +65,9 @@ def summarize(corpus: Any) -> dict[str, Any]:
         "generation": first.get("generation", {}),
         "logprob_scale": first.get("encoding", {}).get("logprob_scale"),
         "finish_reasons": dict(sorted(reasons.items())),
+        # rows whose top-1 log-prob is at the storage floor (-1000 nats): a broken teacher
+        "rows_at_logprob_floor": floor,
+        "stray_files": [str(p) for p in corpus.stray_files],
         "duplicates_collapsed": duplicates,
         "skipped": dict(sorted(skipped.items())),
         "shards": len(corpus.shard_paths),
@@ -128,5 +152,10 @@ def run(paths: list[str], *, as_json: bool = False, samples: int = 2, verify: bo
     if hist["counts"]:
         bins = "  ".join(f"{lo}-{hi - 1}: {n}" for lo, hi, n in zip(hist["edges"], hist["edges"][1:], hist["counts"]))
         lines.append(f"prompt words  {bins}")
+    if info["rows_at_logprob_floor"]:
+        lines.append(f"WARNING       {info['rows_at_logprob_floor']} row(s) have their top log-prob at the floor "
+                     "(-1000 nats): the teacher's output was broken (NaN weights, fp16/bf16 overflow); regenerate them")
+    if info["stray_files"]:
+        lines.append(f"WARNING       stray Parquet file(s) no manifest lists: {', '.join(info['stray_files'])}")
     print("\n".join(lines + sample_lines(corpus, samples)))
     return info

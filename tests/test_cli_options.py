@@ -142,6 +142,7 @@ def test_exit_code_table():
 
     assert {cls.exit_code for cls in (ConfigError, CorpusError, InputError, SuiteError)} == {ExitCode.BAD_INPUT}
     assert [cls.exit_code for cls in (TrainingDiverged, LockHeld, NothingToDo, Preempted)] == [5, 6, 7, 75]
+    assert ExitCode.IO_ERROR == 74
 
 
 def test_cli_exits_with_the_error_class_code(monkeypatch):

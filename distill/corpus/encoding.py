@@ -11,9 +11,14 @@ from distill.corpus.schema import MAX_NATS
 
 
 def quantize(logprobs: np.ndarray, scale: int) -> np.ndarray:
-    """Absolute codes ``round(-logprob * scale)`` as int64 (>= 0); -inf and < -MAX_NATS clamp."""
-    lp = np.nan_to_num(np.asarray(logprobs, dtype=np.float64), nan=-MAX_NATS, neginf=-MAX_NATS, posinf=0.0)
-    lp = np.clip(lp, -MAX_NATS, 0.0)
+    """Absolute codes ``round(-logprob * scale)`` as int64 (>= 0); -inf and < -MAX_NATS clamp.
+
+    NaN and +inf are refused: they come from a broken teacher (NaN weights, fp16/bf16 overflow),
+    and no code may stand for them."""
+    lp = np.asarray(logprobs, dtype=np.float64)
+    if np.isnan(lp).any() or np.isposinf(lp).any():
+        raise ValueError("log-probs hold NaN or +inf: the teacher's output is broken (not stored)")
+    lp = np.clip(np.nan_to_num(lp, neginf=-MAX_NATS), -MAX_NATS, 0.0)
     return np.rint(-lp * scale).astype(np.int64)
 
 

@@ -38,13 +38,26 @@ class _Shard:
     verified: bool = False
 
 
+MANIFEST_FIELDS = ("identity_sha256", "top_k", "encoding", "shards")
+SHARD_FIELDS = ("path", "rows", "bytes", "sha256", "response_tokens")
+
+
 def _load_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise CorpusError(f"{path}: not valid JSON ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{path}: not UTF-8 text (byte {exc.start}); the manifest is damaged") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise CorpusError(f"{path}: not a distill corpus manifest")
+    missing = [key for key in MANIFEST_FIELDS if key not in manifest]
+    if missing:
+        raise CorpusError(f"{path}: manifest lacks {', '.join(missing)}; the manifest is damaged")
+    for i, entry in enumerate(manifest["shards"]):
+        gone = [key for key in SHARD_FIELDS if not isinstance(entry, dict) or key not in entry]
+        if gone:
+            raise CorpusError(f"{path}: shards[{i}] lacks {', '.join(gone)}; the manifest is damaged")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise CorpusError(
@@ -101,6 +114,7 @@ class Corpus:
         sizes = [self._shards[s].row_group_rows[g] for s, g in self._groups]
         self.row_group_offsets: list[int] = [0, *np.cumsum(sizes)[:-1].tolist()] if sizes else []
         self.num_row_groups: int = len(self._groups)
+        self.stray_files: list[Path] = self._find_strays()
 
     # -- validation ---------------------------------------------------------------------------
     def _check_union(self) -> None:
@@ -140,12 +154,36 @@ class Corpus:
             raise CorpusError(f"{path}: shard listed in {manifest_path} is missing")
         if path.stat().st_size != entry["bytes"]:
             raise CorpusError(f"{path}: size {path.stat().st_size} != {entry['bytes']} in {manifest_path} (file changed or truncated)")
-        meta = pq.ParquetFile(path).metadata
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for a damaged footer
+            raise CorpusError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc}); the shard is damaged") from None
+        top_k = int(manifest["top_k"])
+        scale = int(manifest.get("encoding", {}).get("logprob_scale", 1))
+        # The footer carries what the writer used; the manifest must agree, or rows would be
+        # decoded with the wrong k or scale.
+        footer = {k.decode(): v.decode() for k, v in (meta.metadata or {}).items() if k.startswith(b"distill.")}
+        expected = {"distill.top_k": str(top_k), "distill.logprob_scale": str(scale),
+                    "distill.identity_sha256": str(manifest["identity_sha256"])}
+        if "index" in entry:
+            expected["distill.shard_index"] = str(entry["index"])
+        wrong = [f"{k[8:]} {footer.get(k)!r} in the shard, {v!r} in the manifest" for k, v in expected.items()
+                 if footer.get(k) != v]
+        if wrong:
+            raise CorpusError(f"{path}: does not match {manifest_path}: {'; '.join(wrong)}")
         rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
-        shard = _Shard(path, entry, manifest_path, int(manifest["top_k"]),
-                       int(manifest.get("encoding", {}).get("logprob_scale", 1)), rows)
+        if sum(rows) != entry["rows"]:
+            raise CorpusError(f"{path}: {sum(rows)} rows, {entry['rows']} in {manifest_path}")
+        shard = _Shard(path, entry, manifest_path, top_k, scale, rows)
         self._shards.append(shard)
         self._groups.extend((len(self._shards) - 1, g) for g in range(len(rows)))
+
+    def _find_strays(self) -> list[Path]:
+        """Parquet files in a corpus' data/ folder that no manifest lists (they break
+        ``load_dataset`` and hold rows no manifest vouches for)."""
+        listed = {s.path.resolve() for s in self._shards}
+        folders = {s.path.parent.resolve() for s in self._shards}
+        return sorted(p for folder in folders for p in folder.glob("*.parquet") if p.resolve() not in listed)
 
     def _check_shard(self, shard: _Shard) -> None:
         if shard.verified or not self._verify:
@@ -155,7 +193,12 @@ class Corpus:
         shard.verified = True
 
     def verify(self) -> None:
-        """Check every shard's sha256 now (raises CorpusError naming the first bad file)."""
+        """Check every shard's sha256 now, and that no stray Parquet file sits beside them (raises
+        CorpusError naming the first bad file)."""
+        if self.stray_files:
+            names = ", ".join(str(p) for p in self.stray_files[:3])
+            raise CorpusError(f"{names}: Parquet file(s) in the corpus that no manifest lists; move them out "
+                              "(they would be read by `datasets` and are vouched for by no checksum)")
         for shard in self._shards:
             shard.verified = False
             verify, self._verify = self._verify, True
@@ -183,7 +226,10 @@ class Corpus:
 
         parts = []
         for shard in self._shards:
-            table = pq.read_table(shard.path, columns=["prompt_len", "response_len"])
+            try:
+                table = pq.read_table(shard.path, columns=["prompt_len", "response_len"])
+            except Exception as exc:
+                raise CorpusError(f"{shard.path}: unreadable ({type(exc).__name__}: {exc}); the shard is damaged") from None
             parts.append(np.asarray(table["prompt_len"], dtype=np.int64) + np.asarray(table["response_len"], dtype=np.int64))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
@@ -194,7 +240,10 @@ class Corpus:
         shard_index, group = self._groups[index]
         shard = self._shards[shard_index]
         self._check_shard(shard)
-        table = pq.ParquetFile(shard.path).read_row_group(group)
+        try:
+            table = pq.ParquetFile(shard.path).read_row_group(group)
+        except Exception as exc:  # damage the checksum did not cover (verification off)
+            raise CorpusError(f"{shard.path}: row group {group} unreadable ({type(exc).__name__}: {exc})") from None
         return decode_table(table, shard.top_k, shard.logprob_scale)
 
     def iter_rows(self) -> Iterator[CorpusRow]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -43,6 +44,7 @@ from distill.corpus.schema import (
     shard_name,
     worker_manifest_name,
 )
+from distill.lock import remove_orphan_temps
 
 ROW_GROUP_SIZE = 128  # rows per Parquet row group: the reader's unit of streaming
 ZSTD_LEVEL = 9
@@ -225,12 +227,12 @@ class CorpusWriter:
         """Create the folders and record the run identity (idempotent)."""
         self.check_identity()
         (self.out_dir / DATA_DIR).mkdir(parents=True, exist_ok=True)
-        # Temp files of this worker's shards left by a killed run (other workers' are not touched:
-        # they may be writing right now into the same folder).
-        mine = {f".{self.shard_path(j).name}.tmp" for j in self.my_shards()}
-        for stale in (self.out_dir / DATA_DIR).glob(".*.tmp-*"):
-            if stale.name.rsplit("-", 1)[0] in mine:
-                stale.unlink(missing_ok=True)
+        # Temp files a killed run left: this worker's shards' (other workers may be writing theirs
+        # right now) and any manifest, card or run file whose writer is gone.
+        mine = {f".{self.shard_path(j).name}" for j in self.my_shards()}
+        mine |= {f".{self._record_path(j).name}" for j in self.my_shards()}
+        remove_orphan_temps(self.out_dir / DATA_DIR, mine)
+        remove_orphan_temps(self.out_dir)
         run_path = self.out_dir / RUN_NAME
         if not run_path.exists():
             payload = {"format": FORMAT_NAME, "identity_sha256": self.identity_sha256, "identity": self.identity}
@@ -245,34 +247,62 @@ class CorpusWriter:
     def shard_path(self, index: int) -> Path:
         return self.out_dir / shard_name(index, self.num_shards)
 
-    def completed_shards(self) -> set[int]:
-        """Shards of this worker already on disk from this same run (a file exists only once it
-        is complete: shards are renamed into place after fsync)."""
-        import pyarrow.parquet as pq
+    def _record_path(self, index: int) -> Path:
+        """Where shard ``index``'s entry (rows, tokens, bytes, sha256) is recorded when it is committed."""
+        path = self.shard_path(index)
+        return path.with_name(f".{path.name}.entry.json")
 
+    def completed_shards(self) -> set[int]:
+        """Shards of this worker already committed by this same run, each verified against the
+        checksum recorded when it was committed. A shard without its record (killed between the
+        two renames) or whose bytes no longer match it (damaged on disk) is removed and rewritten;
+        the run says so."""
         done = set()
         for index in self.my_shards():
-            path = self.shard_path(index)
+            path, record_path = self.shard_path(index), self._record_path(index)
             if not path.is_file():
+                record_path.unlink(missing_ok=True)
                 continue
             try:
-                meta = pq.read_schema(path).metadata or {}
-            except Exception:  # unreadable file: regenerate it
-                continue
-            if meta.get(b"distill.identity_sha256", b"").decode() == self.identity_sha256:
+                entry = json.loads(record_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                entry = None
+            if (entry is not None and entry.get("identity_sha256") == self.identity_sha256
+                    and entry.get("bytes") == path.stat().st_size and entry.get("sha256") == file_sha256(path)):
+                self._shards[index] = {k: v for k, v in entry.items() if k != "identity_sha256"}
                 done.add(index)
+                continue
+            if entry is not None and entry.get("identity_sha256") == self.identity_sha256:
+                print(f"{path}: damaged since it was written (checksum differs from the one recorded at commit); "
+                      "rewriting it", file=sys.stderr)
+            path.unlink()
+            record_path.unlink(missing_ok=True)
         return done
 
-    def write_shard(self, index: int, rows: Sequence[CorpusRow]) -> dict[str, Any]:
-        """Encode and atomically write shard ``index``; returns its manifest entry."""
+    def write_shard(self, index: int, rows: Sequence[CorpusRow], skipped: dict[str, int] | None = None) -> dict[str, Any]:
+        """Encode and atomically write shard ``index``, then record its entry (checksum included):
+        the record is what resume and ``finish`` trust. ``skipped``: rows left out of it, by reason."""
         assert index in self.my_shards(), (index, self.worker)
         table = rows_to_table(rows, self.top_k, self.logprob_scale)
         path = self.shard_path(index)
         metadata = {"distill.identity_sha256": self.identity_sha256, "distill.shard_index": str(index),
                     "distill.logprob_scale": str(self.logprob_scale), "distill.top_k": str(self.top_k)}
         atomic_write_with(path, lambda tmp: write_parquet(table, tmp, row_group_size=self.row_group_size, metadata=metadata))
-        self._shards[index] = self._shard_entry(index)
-        return self._shards[index]
+        entry = self._shard_entry(index)
+        if skipped:
+            entry["skipped"] = dict(sorted(skipped.items()))
+        record = {**entry, "identity_sha256": self.identity_sha256}
+        atomic_write_bytes(self._record_path(index), json.dumps(record, indent=1).encode("utf-8"))
+        self._shards[index] = entry
+        return entry
+
+    def skipped_rows(self) -> dict[str, int]:
+        """Rows this worker's committed shards left out, by reason."""
+        total: dict[str, int] = {}
+        for entry in self._shards.values():
+            for reason, count in entry.get("skipped", {}).items():
+                total[reason] = total.get(reason, 0) + count
+        return total
 
     def _shard_entry(self, index: int) -> dict[str, Any]:
         import pyarrow.parquet as pq
@@ -292,10 +322,10 @@ class CorpusWriter:
     # -- commit -------------------------------------------------------------------------------
     def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write the dataset card, then the manifest (last: it is the commit marker)."""
-        missing = [j for j in self.my_shards() if not self.shard_path(j).is_file()]
+        missing = [j for j in self.my_shards() if j not in self._shards or not self.shard_path(j).is_file()]
         if missing:
-            raise CorpusError(f"{self.out_dir}: cannot finish, shards {missing[:5]} were not written")
-        shards = [self._shards.get(j) or self._shard_entry(j) for j in self.my_shards()]
+            raise CorpusError(f"{self.out_dir}: cannot finish, shards {missing[:5]} were not written (or not verified)")
+        shards = [self._shards[j] for j in self.my_shards()]
         extra = dict(extra or {})
         manifest: dict[str, Any] = {
             "format": FORMAT_NAME,
@@ -322,6 +352,8 @@ class CorpusWriter:
         card = dataset_card(manifest)
         atomic_write_bytes(self.out_dir / CARD_NAME, card.encode("utf-8"))
         atomic_write_bytes(self.manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"))
+        for index in self.my_shards():  # the manifest now holds the entries
+            self._record_path(index).unlink(missing_ok=True)
         return manifest
 
 

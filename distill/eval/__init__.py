@@ -47,6 +47,12 @@ The package, by concern:
 from __future__ import annotations
 
 from distill.eval.config import EvalConfig
-from distill.eval.runner import EXIT_GATE_FAILED, EXIT_MODEL_FAILED, EXIT_OK, exit_code, run
+from distill.eval.runner import (
+    EXIT_GATE_FAILED,
+    EXIT_MODEL_FAILED,
+    EXIT_OK,
+    exit_code,
+    run,
+)
 
 __all__ = ["EXIT_GATE_FAILED", "EXIT_MODEL_FAILED", "EXIT_OK", "EvalConfig", "exit_code", "run"]

@@ -36,6 +36,7 @@ from distill.eval.scorers import (
     score_output,
 )
 from distill.eval.stats import score_with_ci
+from distill.lock import FolderLock
 
 EXIT_OK = int(ExitCode.OK)
 
@@ -371,8 +372,13 @@ def run(config: EvalConfig) -> dict[str, Any]:
         resolve_model(path)  # fail fast on specs that name nothing
     teacher_spec, judge_name, judge_spec = _teacher_and_judge(config, models, suite)
     out_dir = Path(config.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out_dir, purpose="distill eval"):  # one eval writes a report folder at a time
+        return _evaluate_all(config, models, suite, gate_tree, teacher_spec, judge_name, judge_spec, out_dir)
 
+
+def _evaluate_all(config: EvalConfig, models: dict[str, str], suite: Suite, gate_tree: Any, teacher_spec: str | None,
+                  judge_name: str | None, judge_spec: str | None, out_dir: Path) -> dict[str, Any]:
+    """Every model in turn, then speed, the gate and the report files (under the folder's lock)."""
     report = _new_report(config, suite, judge_name if judge_spec is not None else None)
     order = list(models)
     if config.teacher in models:

@@ -203,7 +203,7 @@ def load_suite(spec: str, limit: int | None = None) -> Suite:
     path = resolve_suite_path(spec)
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a BOM must not cost the first row
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise SuiteError(f"{path}:{line}: not valid UTF-8") from None
@@ -211,7 +211,8 @@ def load_suite(spec: str, limit: int | None = None) -> Suite:
     scorers: dict[Any, Scorer] = {}
     rows: list[SuiteRow] = []
     seen_ids: dict[str, int] = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # JSONL lines end at "\n" only: U+2028 and friends are valid inside a JSON string
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"

@@ -36,6 +36,7 @@ from distill.teachers.base import (
     GenerationRequest,
     SamplingParams,
     ScoreRequest,
+    TeacherError,
     TeacherOutput,
 )
 
@@ -517,13 +518,20 @@ class HFTeacher:
         if self._model is None:
             from transformers import AutoModelForCausalLM, GenerationConfig
 
-            model = AutoModelForCausalLM.from_pretrained(self.model_id, revision=self.revision, dtype=self.dtype,
-                                                         trust_remote_code=self.trust_remote_code)
+            try:
+                model = AutoModelForCausalLM.from_pretrained(self.model_id, revision=self.revision, dtype=self.dtype,
+                                                             trust_remote_code=self.trust_remote_code)
+            except Exception as exc:  # OSError, safetensors' own errors, a config transformers rejects
+                raise TeacherError(f"--teacher {self.model_id}: cannot load the model: {type(exc).__name__}: "
+                                   f"{' '.join(str(exc).split())[:400]}") from None
             # A clean generation config: the checkpoint's (temperature, top_k, repetition_penalty...)
             # would otherwise be merged into ours and warp the logits before our capture.
             model.generation_config = GenerationConfig(eos_token_id=list(self.eos_ids), pad_token_id=self.pad_id)
             self._model = model.to(self.device).eval()
         return self._model
+
+    def load(self, score: bool = False) -> None:
+        self.model  # noqa: B018 (loads the weights, or raises TeacherError)
 
     def cache_for(self, params: SamplingParams) -> str:
         """How one generate call decodes. ``auto`` on CPU: ``shrinking`` (``decode_batch``: a KV

@@ -358,6 +358,9 @@ class VLLMTeacher:
         kwargs.setdefault("max_model_len", self.max_context)
         return kwargs
 
+    def load(self, score: bool = False) -> None:
+        self._ensure_engines(prefix_caching=not score)
+
     def _ensure_engines(self, prefix_caching: bool) -> None:
         """Start the engine(s); restart when switching between generate and score, because
         score needs prefix caching off (cached prompt positions get no prompt_logprobs)."""

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class TrainState:
     total_steps: int
     student_tokenizer_fingerprint: str
     packing: bool = False  # absent from checkpoints written before --packing existed
+    plan: dict = dataclasses.field(default_factory=dict)  # what the data position and schedule mean (run_plan)
 
     @classmethod
     def read(cls, checkpoint: Path) -> "TrainState":
@@ -48,15 +50,44 @@ def complete_checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def resume_point(out: Path, packing: bool) -> Path | None:
+LR_KEYS = ("lr", "schedule", "warmup_steps", "min_lr_ratio", "total_steps")
+
+
+def run_plan(config, corpus, world_size: int, total_steps: int) -> dict:
+    """What a checkpoint's data position and learning-rate schedule mean: resuming under another
+    plan would continue at a position or a rate that means something else."""
+    return {
+        "corpus": sorted(str(m["identity_sha256"]) for m in corpus.manifests),
+        "seed": config.seed, "max_seq_len": config.max_seq_len, "tokens_per_batch": config.tokens_per_batch,
+        "batch_size": config.batch_size, "grad_accum": config.grad_accum, "world_size": world_size,
+        "packing": config.packing, "eval_rows": config.eval_rows or (64 if config.eval_every else 0),
+        "lr": config.lr, "schedule": config.schedule, "warmup_steps": config.warmup_steps,
+        "min_lr_ratio": config.min_lr_ratio, "total_steps": total_steps,
+    }
+
+
+def resume_point(out: Path, plan: dict, allow_lr_change: bool = False) -> Path | None:
     """The checkpoint ``--resume`` continues from (None: start at step 0); refuses a plan change."""
     found = complete_checkpoints(out)
     if not found:
         return None
     state = TrainState.read(found[-1])
-    if state.packing != packing:  # the data position only means something in the same plan
+    if state.packing != plan["packing"]:  # the data position only means something in the same plan
         raise ConfigError(f"--resume: {found[-1]} was trained with{'' if state.packing else 'out'} --packing; "
                           f"resume with {'--packing' if state.packing else '--no-packing'}")
+    if not state.plan:  # written before plans were recorded
+        print(f"warning: {found[-1]} records no run plan; cannot check the corpus, seed and batch plan match",
+              file=sys.stderr)
+        return found[-1]
+    ignore = set(LR_KEYS) if allow_lr_change else set()
+    changed = [f"{key} {state.plan.get(key)!r} -> {plan.get(key)!r}" for key in plan
+               if key not in ignore and state.plan.get(key) != plan.get(key)]
+    if changed:
+        lr_only = all(part.split(" ", 1)[0] in LR_KEYS for part in changed)
+        raise ConfigError(
+            f"--resume: {found[-1]} was trained under another plan ({'; '.join(changed)}); resume with the original "
+            "settings, or train into a new --out" + (" (or pass --resume-lr-change to continue with the new "
+                                                    "learning-rate settings)" if lr_only else ""))
     return found[-1]
 
 

@@ -10,7 +10,15 @@ import typing
 from dataclasses import dataclass
 from typing import Literal
 
-from distill.config import COMMAND_LINE, Layer, bad, check_layer, field, load_config, read_yaml_layer
+from distill.config import (
+    COMMAND_LINE,
+    Layer,
+    bad,
+    check_layer,
+    field,
+    load_config,
+    read_yaml_layer,
+)
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
 Schedule = Literal["cosine", "linear", "constant"]
@@ -68,6 +76,9 @@ class TrainConfig:
     save_every: int = field(0, help="checkpoint every N steps (0: only the final model)")
     keep_checkpoints: int = field(2, help="complete checkpoints kept")
     resume: bool = field(False, help="continue from the newest complete checkpoint in --out")
+    resume_lr_change: bool = field(False, help="with --resume, continue under learning-rate settings (--lr, "
+                                               "--schedule, --warmup-steps, --min-lr-ratio, the step count) that "
+                                               "differ from the checkpoint's")
     eval_every: int = field(0, help="evaluate on held-out corpus rows every N steps (0: start and end only if "
                                     "--eval-rows)")
     eval_rows: int = field(0, help="corpus rows held out for evaluation, never trained on (--eval-every alone: 64)")

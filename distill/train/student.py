@@ -171,7 +171,9 @@ def check_packing_support(attn: str) -> None:
 
     try:
         if attn.startswith("flash_attention"):
-            from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids  # noqa: F401
+            from transformers.modeling_flash_attention_utils import (
+                prepare_fa_kwargs_from_position_ids,  # noqa: F401
+            )
         else:
             from transformers.masking_utils import find_packed_sequence_indices  # noqa: F401
     except ImportError:

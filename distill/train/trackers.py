@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,6 +56,26 @@ def open_tracker(kind: str, out: Path, config: dict[str, Any]) -> tuple[Callable
     return (lambda metrics, step: None), (lambda: None)
 
 
+def _records_up_to(path: Path, step: int) -> list[str]:
+    """The metric lines of steps <= ``step``. A line a crash tore (disk full, power loss) ends the
+    readable log: the lines before it are kept and the run says what it dropped."""
+    kept = []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            record_step = int(record["step"])
+        except (ValueError, KeyError, TypeError):
+            print(f"{path}:{number}: torn or unreadable record (a crash mid-write); keeping the {len(kept)} "
+                  f"record(s) before it and dropping {len(lines) - number + 1} line(s)", file=sys.stderr)
+            break
+        if record_step <= step:
+            kept.append(line)
+    return kept
+
+
 class MetricsLog:
     """``OUT/metrics.jsonl`` (one JSON line per step or eval) and the tracker; a no-op off rank 0."""
 
@@ -66,8 +87,7 @@ class MetricsLog:
             return
         kept = []
         if resume_step is not None and self.path.exists():  # drop lines logged after the checkpoint
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            kept = _records_up_to(self.path, resume_step)
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self._log, self._close = open_tracker(tracker, out, config)
 

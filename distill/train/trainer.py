@@ -7,6 +7,7 @@ model -> only then ``OUT`` is created.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,11 +20,20 @@ from typing import Any, Callable
 from distill.atomic import atomic_write_text
 from distill.config import ConfigError
 from distill.errors import TrainingDiverged
+from distill.lock import FolderLock
 from distill.train import checkpoint, data
 from distill.train.config import TrainConfig
 from distill.train.launch import distributed, launcher_deepspeed
-from distill.train.student import (StudentSource, add_lora, check_packing_support, load_model, load_tokenizer,
-                                   resolve_student, student_config, student_with_loss_cls)
+from distill.train.student import (
+    StudentSource,
+    add_lora,
+    check_packing_support,
+    load_model,
+    load_tokenizer,
+    resolve_student,
+    student_config,
+    student_with_loss_cls,
+)
 from distill.train.trackers import MetricsLog, check_tracker
 
 
@@ -45,9 +55,13 @@ def run(config: TrainConfig) -> dict[str, Any]:
     if config.deepspeed is None and launcher_deepspeed(os.environ):
         config = dataclasses.replace(config, deepspeed=launcher_deepspeed(os.environ))
         say(f"DeepSpeed from accelerate launch --use_deepspeed: --deepspeed {config.deepspeed}")
-    inputs = check_inputs(config, say)
-    with distributed(config) as accelerator:
-        return _train(config, accelerator, inputs, say)
+    # One run per --out: the check that OUT holds no run, and the run itself, happen under its lock
+    # (taken by global rank 0; the other ranks follow it).
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    with FolderLock(config.out, purpose="distill train") if rank0 else contextlib.nullcontext():
+        inputs = check_inputs(config, say)
+        with distributed(config) as accelerator:
+            return _train(config, accelerator, inputs, say)
 
 
 def _say_on_rank0() -> Callable[[str], None]:
@@ -179,13 +193,14 @@ def _train(config: TrainConfig, accelerator, inputs: Inputs, say) -> dict[str, A
     wrapper, optimizer, params, lora_config = build_student(config, accelerator, inputs)
 
     # ---- OUT: everything above passed; from here on we write
-    resume_from = checkpoint.resume_point(out, config.packing) if config.resume else None
+    run_plan = checkpoint.run_plan(config, corpus, accelerator.num_processes, plan.total_steps)
+    resume_from = checkpoint.resume_point(out, run_plan, config.resume_lr_change) if config.resume else None
     if is_main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "train_config.json", json.dumps(dataclasses.asdict(config), indent=2))
     accelerator.wait_for_everyone()
     wrapper, optimizer = accelerator.prepare(wrapper, optimizer)
-    state = checkpoint.TrainState(0, 0, 0, plan.total_steps, inputs.tokenizer_fingerprint, config.packing)
+    state = checkpoint.TrainState(0, 0, 0, plan.total_steps, inputs.tokenizer_fingerprint, config.packing, run_plan)
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         state = checkpoint.TrainState.read(resume_from)
@@ -207,7 +222,7 @@ def _train(config: TrainConfig, accelerator, inputs: Inputs, say) -> dict[str, A
         if step_in_epoch >= plan.steps_for_epoch(corpus, epoch):
             epoch, step_in_epoch = epoch + 1, 0
         checkpoint.save_checkpoint(accelerator, out, checkpoint.TrainState(
-            step, epoch, step_in_epoch, plan.total_steps, inputs.tokenizer_fingerprint, config.packing),
+            step, epoch, step_in_epoch, plan.total_steps, inputs.tokenizer_fingerprint, config.packing, run_plan),
             config.keep_checkpoints)
 
     world = accelerator.num_processes

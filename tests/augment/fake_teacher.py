@@ -61,6 +61,9 @@ class FakeTeacher:
     def score(self, requests, top_k):  # pragma: no cover - not used by augmentation
         raise NotImplementedError
 
+    def load(self, score: bool = False) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

@@ -39,6 +39,9 @@ class PlantedAugmentText:
     def score(self, requests, top_k):
         return self.inner.score(requests, top_k)
 
+    def load(self, score=False):
+        self.inner.load(score)
+
     def close(self):
         self.inner.close()
 
