@@ -249,8 +249,9 @@ def _shard_rows(config: GenerateConfig, shard_rows: list[_Planned], outputs: dic
         if nonfinite(output):
             if not config.skip_invalid:
                 where = plan.record.origin.get("where") or plan.record.id
+                excerpt = " ".join(plan.record.prompt.split())[:40]
                 raise TeacherError(
-                    f"teacher output for prompt {where} (row {plan.rid[:12]}, shard {index}) holds NaN/inf log-probs: "
+                    f"teacher output for prompt {where} ({excerpt!r}; row {plan.rid[:12]}, shard {index}) holds NaN/inf log-probs: "
                     "the teacher's weights or its precision (fp16/bf16 overflow) are broken; nothing of this shard was "
                     "written (--skip-invalid leaves such rows out and counts them)")
             skipped["nonfinite_logprobs"] += 1

@@ -39,3 +39,31 @@ def tiny_student_dir(tmp_path_factory, tiny_tokenizer_dir):
         tmp_path_factory.mktemp("student"), tokenizer_dir=tiny_tokenizer_dir, hidden_size=32,
         intermediate_size=64, num_heads=2, num_kv_heads=1, vocab_size=None, seed=2,
     )
+
+
+# Every CLI failure of a class a user causes (bad input, diverged, lock held, nothing to do,
+# storage refused, preempted) must be one `error: ...` line and no traceback, in every test that
+# runs the CLI in-process: the check wraps click's test runner for the whole suite.
+ONE_LINE_CODES = {2, 5, 6, 7, 74, 75}
+
+
+def check_cli_failure(code, output):
+    if code not in ONE_LINE_CODES:
+        return
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, f"exit {code} without exactly one 'error:' line:\n{output}"
+
+
+@pytest.fixture(autouse=True)
+def _one_line_cli_failures(monkeypatch):
+    from click.testing import CliRunner
+
+    invoke = CliRunner.invoke
+
+    def checked(self, *args, **kwargs):
+        result = invoke(self, *args, **kwargs)
+        check_cli_failure(result.exit_code, result.output)
+        return result
+
+    monkeypatch.setattr(CliRunner, "invoke", checked)

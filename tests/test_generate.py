@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -117,35 +116,46 @@ def test_shard_workers_union_equals_unsharded(reference, tiny_teacher_dir, seeds
     assert {s["path"]: s["sha256"] for s in first["shards"] + second["shards"]} == ref_shards
 
 
+# Where the run dies: with a shard written to its temp file but not renamed, between a shard's rename
+# and its commit record (a complete file nothing vouches for yet), and right after a record.
+KILL_POINTS = {
+    "mid_parquet_write": ("distill.corpus.writer", "write_parquet", 7, "after"),
+    "shard_renamed_not_recorded": ("distill.corpus.writer", "atomic_write_bytes", 5, "before"),
+    "shard_recorded": ("distill.corpus.writer", "atomic_write_bytes", 9, "after"),
+}
+
+
 @pytest.mark.slow
-def test_kill_minus_9_then_resume_gives_exactly_the_uninterrupted_rows(tiny_teacher_dir, seeds, tmp_path, capsys):
-    # one row per shard: 24 shards, so a kill at a random moment lands inside the run
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_kill_minus_9_then_resume_gives_exactly_the_uninterrupted_rows(point, tiny_teacher_dir, seeds, tmp_path, capsys):
+    # one row per shard: 24 shards; the run SIGKILLs itself at a fixed call of a write function,
+    # so every machine kills the same moment
     settings = dict(rows_per_shard=1, batch_size=1)
     uninterrupted = tmp_path / "uninterrupted"
     run(config(tiny_teacher_dir, seeds, uninterrupted, **settings))
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "distill", "generate", "--teacher", str(tiny_teacher_dir), "--prompts", str(seeds),
-           "--out", str(out), "--max-new-tokens", "8", "--top-k", "5", "--temperature", "0.7", "--top-p", "0.9",
-           "--samples-per-prompt", "2", "--rows-per-shard", "1", "--batch-size", "1", "--no-progress"]
-    rng = random.Random()
-    target = rng.randint(1, 12)  # kill once this many shards exist (of 24), after a random extra delay
-    delay = rng.uniform(0, 0.05)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "data").exists() and len(list((out / "data").glob("train-*.parquet"))) >= target:
-            break
-        time.sleep(0.005)
-    time.sleep(delay)
-    assert proc.poll() is None, f"run finished before the kill (target {target}, delay {delay:.3f})"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    module, name, call, when = KILL_POINTS[point]
+    code = ("import os, signal, sys, importlib\n"
+            f"m = importlib.import_module({module!r}); real = getattr(m, {name!r}); n = [0]\n"
+            "def dying(*a, **k):\n"
+            "    n[0] += 1\n"
+            f"    if n[0] == {call} and {when!r} == 'before': os.kill(os.getpid(), signal.SIGKILL)\n"
+            "    r = real(*a, **k)\n"
+            f"    if n[0] == {call} and {when!r} == 'after': os.kill(os.getpid(), signal.SIGKILL)\n"
+            "    return r\n"
+            f"setattr(m, {name!r}, dying)\n"
+            "from distill.cli import main; sys.argv[0] = 'distill'; main()")
+    args = ["generate", "--teacher", str(tiny_teacher_dir), "--prompts", str(seeds), "--out", str(out),
+            "--max-new-tokens", "8", "--top-k", "5", "--temperature", "0.7", "--top-p", "0.9",
+            "--samples-per-prompt", "2", "--rows-per-shard", "1", "--batch-size", "1", "--no-progress"]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not (out / "manifest.json").exists()
-    written = len(list((out / "data").glob("train-*.parquet")))
-    assert 1 <= written < 24
+    recorded = len(list((out / "data").glob(".train-*.entry.json")))
+    assert 1 <= recorded < 24
     run(config(tiny_teacher_dir, seeds, out, **settings))  # the same command again (in-process: saves a cold start)
-    assert f"{written} shard(s) already written" in capsys.readouterr().err
-    assert not list((out / "data").glob(".*tmp*"))
+    assert f"{recorded} shard(s) already written" in capsys.readouterr().err
+    assert not list((out / "data").glob(".*"))  # no temp files or records left in the finished corpus
     assert_same_rows(rows_by_id(out), rows_by_id(uninterrupted))
     assert open_corpus(out).num_rows == 24  # none twice
 

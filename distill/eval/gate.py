@@ -49,14 +49,20 @@ _BIN_OPS = {
 }
 
 
+MAX_GATE_CHARS = 500
+
+
 def parse_gate(expr: str, model_names: Iterable[str]) -> ast.Expression:
     """Parse and check a gate expression: ``model.metric`` names, numbers, + - * /, comparisons,
     and/or/not, parentheses. Nothing is ever passed to eval(); every node is whitelisted."""
     names = set(model_names)
+    if len(expr) > MAX_GATE_CHARS:  # a gate is a line a person reads; a huge one also risks deep recursion
+        raise ConfigError(f"--gate: expression of {len(expr)} characters; at most {MAX_GATE_CHARS}")
     try:
         tree = ast.parse(expr.strip(), mode="eval")
-    except SyntaxError as exc:
-        raise ConfigError(f"--gate: invalid expression {expr!r}: {exc.msg} (column {exc.offset})") from None
+    except (SyntaxError, ValueError) as exc:
+        reason = f"{exc.msg} (column {exc.offset})" if isinstance(exc, SyntaxError) else str(exc)
+        raise ConfigError(f"--gate: invalid expression {expr[:80]!r}: {reason}") from None
 
     def check(node: ast.AST) -> None:
         if isinstance(node, ast.BoolOp) and isinstance(node.op, (ast.And, ast.Or)):

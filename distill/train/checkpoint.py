@@ -50,7 +50,10 @@ def complete_checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-LR_KEYS = ("lr", "schedule", "warmup_steps", "min_lr_ratio", "total_steps")
+LR_KEYS = ("lr", "schedule", "warmup_steps", "min_lr_ratio")
+# A run may be resumed for more (or fewer) steps: the schedule then stretches to the new length,
+# which the run says; everything else in the plan must match.
+STRETCHABLE = ("total_steps",)
 
 
 def run_plan(config, corpus, world_size: int, total_steps: int) -> dict:
@@ -79,9 +82,13 @@ def resume_point(out: Path, plan: dict, allow_lr_change: bool = False) -> Path |
         print(f"warning: {found[-1]} records no run plan; cannot check the corpus, seed and batch plan match",
               file=sys.stderr)
         return found[-1]
-    ignore = set(LR_KEYS) if allow_lr_change else set()
+    ignore = set(STRETCHABLE) | (set(LR_KEYS) if allow_lr_change else set())
     changed = [f"{key} {state.plan.get(key)!r} -> {plan.get(key)!r}" for key in plan
                if key not in ignore and state.plan.get(key) != plan.get(key)]
+    for key in ignore:
+        if state.plan.get(key) != plan.get(key):
+            print(f"--resume: {key} {state.plan.get(key)!r} -> {plan.get(key)!r}: the learning-rate schedule "
+                  f"continues over the new setting", file=sys.stderr)
     if changed:
         lr_only = all(part.split(" ", 1)[0] in LR_KEYS for part in changed)
         raise ConfigError(

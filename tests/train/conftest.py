@@ -159,6 +159,9 @@ def run_cli(args, *, launcher=None, nproc=1, env_extra=None, timeout=240, check=
     else:
         cmd = [sys.executable, "-m", "distill", *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    from tests.conftest import check_cli_failure
+
+    check_cli_failure(proc.returncode, proc.stderr)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
