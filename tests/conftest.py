@@ -6,11 +6,45 @@ import os
 
 import pytest
 
+from tests.train import conftest as train_helpers
+
 # Tests share 2 cores with each other's subprocesses; one thread per process keeps them fair.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+# KD fixtures shared by the train, eval and integrity tests: a peaked tiny teacher and corpora of
+# its sampled responses (helpers in tests/train/conftest.py).
+@pytest.fixture(scope="session")
+def peaked_teacher_dir(tmp_path_factory, tiny_tokenizer_dir):
+    return train_helpers.make_peaked_teacher(tmp_path_factory.mktemp("peaked_teacher"), tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def kd_rows(peaked_teacher_dir):
+    return train_helpers.teacher_rows(peaked_teacher_dir, num_prompts=96, max_new_tokens=20, top_k=8)
+
+
+@pytest.fixture(scope="session")
+def kd_corpus(tmp_path_factory, kd_rows, peaked_teacher_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(peaked_teacher_dir)
+    return train_helpers.write_corpus(tmp_path_factory.mktemp("kd_corpus"), kd_rows, tok, top_k=8, row_group_size=16, num_shards=2)
+
+
+@pytest.fixture(scope="session")
+def black_box_corpus(tmp_path_factory, kd_rows, peaked_teacher_dir):
+    import dataclasses
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(peaked_teacher_dir)
+    rows = [dataclasses.replace(r, topk_ids=None, topk_logprobs=None, sampled_logprobs=None) for r in kd_rows[:32]]
+    return train_helpers.write_corpus(tmp_path_factory.mktemp("bb_corpus"), rows, tok, top_k=0)
+
 
 
 @pytest.fixture(scope="session")

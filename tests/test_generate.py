@@ -1,11 +1,9 @@
 """`distill generate` end to end on the tiny teacher: corpus contents, resume, shards, bad input."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from distill.cli import main
 from distill.corpus import CorpusError, open_corpus
 from distill.corpus.writer import file_sha256
-from tests.train.conftest import kd_corpus, kd_rows, peaked_teacher_dir, read_metrics, train_args, write_corpus  # noqa: F401
+from tests.train.conftest import read_metrics, train_args, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [f"Question {i}: what is {i} plus {i + 1}?" for i in range(12)]

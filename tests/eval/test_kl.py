@@ -7,10 +7,10 @@ import json
 import numpy as np
 from click.testing import CliRunner
 
-from tests.train.conftest import kd_corpus, kd_rows, peaked_teacher_dir, train_args  # noqa: F401 (fixtures)
+from tests.train.conftest import train_args
 
 
-def test_eval_kl_equals_the_trainers_held_out_kl(tiny_student_dir, kd_corpus, tmp_path):  # noqa: F811
+def test_eval_kl_equals_the_trainers_held_out_kl(tiny_student_dir, kd_corpus, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from distill.cli import main

@@ -1,4 +1,5 @@
-"""Fixtures for training tests: a peaked tiny teacher and small corpora written with CorpusWriter."""
+"""Helpers for training tests: a peaked tiny teacher, its sampled rows, corpora written with
+CorpusWriter, CLI arguments and runs (the session fixtures built from them live in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = ("what is the sum of and write a short poem about sea wind at night explain why sky blue "
@@ -102,35 +102,6 @@ def teacher_rows(teacher_dir, num_prompts, max_new_tokens=24, top_k=8, seed=0, b
             response_text=tok.decode(resp), messages=messages[i], prompt_id=f"p{i}",
         ))
     return rows
-
-
-@pytest.fixture(scope="session")
-def peaked_teacher_dir(tmp_path_factory, tiny_tokenizer_dir):
-    return make_peaked_teacher(tmp_path_factory.mktemp("peaked_teacher"), tiny_tokenizer_dir)
-
-
-@pytest.fixture(scope="session")
-def kd_rows(peaked_teacher_dir):
-    return teacher_rows(peaked_teacher_dir, num_prompts=96, max_new_tokens=20, top_k=8)
-
-
-@pytest.fixture(scope="session")
-def kd_corpus(tmp_path_factory, kd_rows, peaked_teacher_dir):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(peaked_teacher_dir)
-    return write_corpus(tmp_path_factory.mktemp("kd_corpus"), kd_rows, tok, top_k=8, row_group_size=16, num_shards=2)
-
-
-@pytest.fixture(scope="session")
-def black_box_corpus(tmp_path_factory, kd_rows, peaked_teacher_dir):
-    import dataclasses
-
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(peaked_teacher_dir)
-    rows = [dataclasses.replace(r, topk_ids=None, topk_logprobs=None, sampled_logprobs=None) for r in kd_rows[:32]]
-    return write_corpus(tmp_path_factory.mktemp("bb_corpus"), rows, tok, top_k=0)
 
 
 def train_args(student, corpus, out, **extra):
