@@ -78,11 +78,11 @@ def tiny_student_dir(tmp_path_factory, tiny_tokenizer_dir):
 # Every CLI failure of a class a user causes (bad input, diverged, lock held, nothing to do,
 # storage refused, preempted) must be one `error: ...` line and no traceback, in every test that
 # runs the CLI in-process: the check wraps click's test runner for the whole suite.
-ONE_LINE_CODES = {2, 5, 6, 7, 74, 75}
+ONE_LINE_CODES = {2, 5, 6, 7, 74, 75}  # --debug (or DISTILL_DEBUG) adds the traceback on purpose
 
 
-def check_cli_failure(code, output):
-    if code not in ONE_LINE_CODES:
+def check_cli_failure(code, output, debug=False):
+    if code not in ONE_LINE_CODES or debug or os.environ.get("DISTILL_DEBUG"):
         return
     assert "Traceback" not in output, output
     errors = [line for line in output.splitlines() if line.startswith("error:")]
@@ -95,9 +95,9 @@ def _one_line_cli_failures(monkeypatch):
 
     invoke = CliRunner.invoke
 
-    def checked(self, *args, **kwargs):
-        result = invoke(self, *args, **kwargs)
-        check_cli_failure(result.exit_code, result.output)
+    def checked(self, cli, args=None, *rest, **kwargs):
+        result = invoke(self, cli, args, *rest, **kwargs)
+        check_cli_failure(result.exit_code, result.output, debug="--debug" in [str(a) for a in (args or [])])
         return result
 
     monkeypatch.setattr(CliRunner, "invoke", checked)

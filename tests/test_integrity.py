@@ -412,3 +412,14 @@ def test_bad_gate_and_suite_are_one_line(tmp_path):
     assert_one_line_error(cli(base + ["--gate", "a.score >>> 1"]), 2, "--gate")
     suite.write_bytes(b'{"prompt": "\xff", "reference": "1", "scorer": "exact"}\n')
     assert_one_line_error(cli(base), 2, "suite.jsonl:1", "UTF-8")
+
+
+def test_debug_shows_the_traceback_too(tmp_path, monkeypatch):
+    config = tmp_path / "c.yaml"
+    config.write_text("student: s\nlr: fast\n")
+    quiet = cli(["train", "--config", config])
+    assert_one_line_error(quiet, 2, "c.yaml:2: lr: must be a number")
+    loud = cli(["--debug", "train", "--config", config])
+    assert loud.exit_code == 2 and "Traceback" in loud.output and "error: " in loud.output
+    monkeypatch.setenv("DISTILL_DEBUG", "1")
+    assert "Traceback" in cli(["train", "--config", config]).output
