@@ -349,6 +349,7 @@ def run(config: GenerateConfig) -> dict[str, Any]:
         if done:
             print(f"{config.out}: resuming; {len(done)} shard(s) already written, {len(todo)} to go", file=sys.stderr)
         new_tokens = 0
+        responding = time.perf_counter()  # throughput counts the response phase only (not augmentation)
         bar = tqdm(total=todo_rows, desc="generate", unit="row", disable=not config.progress)
         for index in todo:
             shard_rows = planned[index * config.rows_per_shard:(index + 1) * config.rows_per_shard]
@@ -369,11 +370,12 @@ def run(config: GenerateConfig) -> dict[str, Any]:
             rows, shard_skipped = _shard_rows(config, shard_rows, outputs, index)
             writer.write_shard(index, rows, skipped=dict(shard_skipped))
         bar.close()
+        respond_s = time.perf_counter() - responding
         elapsed = time.perf_counter() - started
         stats = _shard_stats(writer)
         stats.update({"prompts": len(encoded), "elapsed_s_last_run": round(elapsed, 2),
-                      "new_response_tokens_last_run": new_tokens,
-                      "response_tokens_per_s_last_run": round(new_tokens / elapsed, 2) if elapsed else None})
+                      "respond_s_last_run": round(respond_s, 2), "new_response_tokens_last_run": new_tokens,
+                      "response_tokens_per_s_last_run": round(new_tokens / respond_s, 2) if respond_s else None})
         ingest_stats = seeds.stats()
         skipped.update(writer.skipped_rows())  # rows left out at generation, over every run of this worker
         ingest_stats["skipped"] = dict(sorted(skipped.items()))
@@ -406,8 +408,10 @@ def summary_lines(manifest: dict[str, Any], out: str) -> list[str]:
         f"  duplicates collapsed {manifest.get('ingest', {}).get('duplicates', 0)}  skipped {skipped or 'none'}",
     ]
     if stats.get("response_tokens_per_s_last_run"):
-        lines.append(f"  this run: {stats['new_response_tokens_last_run']} tokens in {stats['elapsed_s_last_run']} s "
-                     f"({stats['response_tokens_per_s_last_run']} tokens/s)")
+        augment_s = (manifest.get("augmentation") or {}).get("timing_s", {}).get("total")
+        lines.append(f"  this run: {stats['new_response_tokens_last_run']} response tokens in {stats['respond_s_last_run']} s "
+                     f"of answering ({stats['response_tokens_per_s_last_run']} tokens/s); {stats['elapsed_s_last_run']} s "
+                     f"in all" + (f", of which augmentation {augment_s} s" if augment_s is not None else ""))
     return lines
 
 

@@ -27,9 +27,7 @@ from distill.eval.models import (
 from distill.eval.report import _write_jsonl, format_table, write_report
 from distill.eval.scorers import (
     Suite,
-    SuiteRow,
-    answers_agree,
-    extract_answer,
+    agreement_with_teacher,
     judge_prompt,
     judge_result,
     load_suite,
@@ -45,10 +43,6 @@ EXIT_GATE_FAILED = int(ExitCode.GATE_FAILED)
 
 
 EXIT_MODEL_FAILED = int(ExitCode.MODEL_FAILED)
-
-
-def _agreement_answer(row: SuiteRow, text: str) -> Any:
-    return extract_answer(row.scorer, text) if text.strip() else None
 
 
 def _judge_replies(judge: Any, suite: Suite, outputs: list[str], max_new_tokens: int) -> dict[str, str]:
@@ -185,10 +179,8 @@ def _score_rows(suite: Suite, generations: list, replies: dict[str, str] | None)
 def _compare_to_teacher(name: str, entry: dict[str, Any], row_records: list[dict[str, Any]], suite: Suite,
                         texts: list[str], fingerprint: str, ref: TeacherRef, opened: "_Opened") -> None:
     """Agreement with the teacher's answers and KL to its top-k, into ``entry`` and the row records."""
-    agree = [
-        answers_agree(row.scorer, _agreement_answer(row, text), _agreement_answer(row, teacher_text))
-        for row, text, teacher_text in zip(suite.rows, texts, ref.texts)
-    ]
+    agree = [agreement_with_teacher(row.scorer, text, teacher_text)
+             for row, text, teacher_text in zip(suite.rows, texts, ref.texts)]
     counted = [a for a in agree if a is not None]
     entry["agreement"] = float(np.mean(counted)) if counted else None
     entry["agreement_rows"] = len(counted)
@@ -346,7 +338,7 @@ def _new_report(config: EvalConfig, suite: Suite, judge_name: str | None) -> dic
         },
         "methods": {
             "score_ci": "95% Wilson interval when all row scores are 0/1, else percentile bootstrap (2000 resamples)",
-            "agreement": "share of rows whose extracted answer equals the teacher's greedy answer (rows where the teacher gave none are not counted)",
+            "agreement": "mean over rows of agreement with the teacher's greedy output: for regex/numeric rows 1 when the extracted answers match (numeric within the row's tolerance), else 0; for free-form rows (exact, contains, python, judge) ROUGE-L F1 of the normalized words; rows where the teacher gave nothing are not counted",
             "kl_to_teacher": "forward KL(teacher || model), nats per token, on the teacher's greedy responses; teacher top-k + tail bin vs the model's full softmax",
             "speed": "greedy generation after one warm-up call per opening, models timed in turn over speed_rounds rounds; tokens up to and including EOS; tokens_per_s = median over rounds; latency_* pooled; at batch 1, *_batch in full batches of batch_size",
         },

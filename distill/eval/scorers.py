@@ -44,7 +44,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from distill.config import ConfigError
 from distill.prompts import normalize_text
@@ -369,6 +369,55 @@ def answers_agree(scorer: Scorer, answer: Any, teacher_answer: Any) -> bool | No
     if scorer.kind == "numeric":
         return _numbers_match(scorer, float(answer), float(teacher_answer))
     return answer == teacher_answer
+
+
+# Scorers that read one answer out of the text (agreement compares those answers); the others
+# judge the whole text, so agreement with the teacher is the overlap of the two texts.
+EXTRACTING = ("regex", "numeric")
+
+
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence of two token lists (bit-parallel: one big-int
+    step per token of ``b``, so long answers stay cheap)."""
+    if not a or not b:
+        return 0
+    masks: dict[str, int] = {}
+    for i, token in enumerate(a):
+        masks[token] = masks.get(token, 0) | (1 << i)
+    full = (1 << len(a)) - 1
+    v = full
+    for token in b:
+        u = v & masks.get(token, 0)
+        v = ((v + u) | (v - u)) & full
+    return len(a) - bin(v).count("1")
+
+
+def rouge_l_f1(candidate: Sequence[str], reference: Sequence[str]) -> float:
+    """ROUGE-L F1: the harmonic mean of LCS precision and recall over word tokens."""
+    lcs = lcs_length(candidate, reference)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(candidate), lcs / len(reference)
+    return 2 * precision * recall / (precision + recall)
+
+
+def agreement_with_teacher(scorer: Scorer, text: str, teacher_text: str) -> float | None:
+    """How far a model's output agrees with the teacher's on one row, in [0, 1]: for scorers that
+    extract an answer (regex, numeric), 1 when the answers match and 0 otherwise; for the others
+    (free-form text), ROUGE-L F1 of the normalized words (punctuation dropped). None when the teacher gave nothing."""
+    if scorer.kind in EXTRACTING:
+        teacher_answer = extract_answer(scorer, teacher_text) if teacher_text.strip() else None
+        answer = extract_answer(scorer, text) if text.strip() else None
+        agree = answers_agree(scorer, answer, teacher_answer)
+        return None if agree is None else float(agree)
+    reference = _words(teacher_text)
+    if not reference:
+        return None
+    return rouge_l_f1(_words(text), reference)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", normalize_text(text))
 
 
 # ---------------------------------------------------------------- LLM-as-judge

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import random
 
+
 from click.testing import CliRunner
 
 from distill.cli import main
@@ -69,6 +70,16 @@ def test_generate_augment_then_inspect(tmp_path, tiny_teacher_dir, monkeypatch):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "10/10 prompts accepted from 4 seeds" in result.output
+    # response throughput counts the answering phase only; augmentation is timed on its own
+    manifest = json.loads((out / "manifest.json").read_text())
+    stats = manifest["stats"]
+    augment_s = manifest["augmentation"]["timing_s"]["total"]
+    assert stats["respond_s_last_run"] + augment_s <= stats["elapsed_s_last_run"] + 0.05
+    tokens, rate = stats["new_response_tokens_last_run"], stats["response_tokens_per_s_last_run"]
+    # (times are recorded rounded to 0.01 s)
+    assert rate * (stats["respond_s_last_run"] - 0.006) <= tokens <= rate * (stats["respond_s_last_run"] + 0.006)
+    assert rate > tokens / stats["elapsed_s_last_run"]  # the whole run's rate would be lower
+    assert f"of which augmentation {augment_s} s" in result.output
 
     info = json.loads(CliRunner().invoke(main, ["inspect", str(out), "--json"]).output)
     aug = info["augmentation"]

@@ -5,6 +5,7 @@ one whose outputs are all empty, and a directory that fails to load)."""
 from __future__ import annotations
 
 import json
+import os
 import math
 from pathlib import Path
 
@@ -306,6 +307,21 @@ def full_run(models, tmp_path_factory):
     return result, report, base / "out"
 
 
+def test_report_files_follow_the_umask_like_every_output(full_run):
+    """report.json/.md/.png and outputs/*.jsonl are readable by the group and others under the
+    usual umask 022, as corpus and model files are (they used to be created 0600)."""
+    import stat
+
+    _, _, out = full_run
+    umask = os.umask(0)
+    os.umask(umask)
+    expected = 0o666 & ~umask
+    files = [out / "report.json", out / "report.md", out / "report.png", *sorted((out / "outputs").glob("*.jsonl"))]
+    assert len(files) >= 5
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == expected, (path, oct(path.stat().st_mode))
+
+
 def test_report_structure_and_scores(full_run):
     result, report, out = full_run
     assert set(report["models"]) == {"teacher", "student", "empty", "broken"}
@@ -316,7 +332,9 @@ def test_report_structure_and_scores(full_run):
     teacher, student = report["models"]["teacher"], report["models"]["student"]
     assert teacher["score"] == 0.75 and teacher["score_ci"] == list(wilson_interval(6, 8))
     assert teacher["failures"] == {} and teacher["agreement"] == 1.0
-    assert student["score"] == 0.25 and student["agreement"] == 1 / 8  # agree only on the numeric:5% row
+    # agreement: the numeric:5% row matches (1), regex and numeric rows do not (0), and the four
+    # free-form rows (exact, contains, python) score ROUGE-L F1 of "answer 41" vs "answer 42" = 0.5
+    assert student["score"] == 0.25 and student["agreement"] == pytest.approx(3 / 8)
     assert report["suite"]["rows"] == 8 and report["suite"]["scorers"]["numeric"] == 2
     assert report["complete"] is True and report["created"]
     rows = [json.loads(line) for line in (out / "outputs" / "teacher.jsonl").read_text().splitlines()]
@@ -469,7 +487,8 @@ def test_judge_rows_and_a_teacher_given_as_a_directory(models, tmp_path):
     # regex 41 vs 42 wrong, numeric wrong, exact wrong; both judge rows 0.75.
     assert student["score"] == pytest.approx(1.5 / 5) and student["ci_method"] == "bootstrap"
     assert student["score_by_scorer"]["judge"] == 0.75
-    assert student["agreement"] == 0.0 and student["kl_to_teacher"] > 0.1
+    # agreement: regex and numeric rows 0, the exact row and both judge rows ROUGE-L 0.5
+    assert student["agreement"] == pytest.approx(1.5 / 5) and student["kl_to_teacher"] > 0.1
     assert empty["failures"] == {"empty_output": 5}
     rows = [json.loads(line) for line in (tmp_path / "out" / "outputs" / "student.jsonl").read_text().splitlines()]
     assert rows[3]["judge_reply"] == "Score: 4"
@@ -572,3 +591,21 @@ def test_chart_handles_ci_bounds_at_the_ends(tmp_path):
     }
     plot_chart(report, tmp_path / "r.png")
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_agreement_on_free_form_answers_is_rouge_l():
+    from distill.eval.scorers import agreement_with_teacher, lcs_length, parse_scorer, rouge_l_f1
+
+    assert lcs_length("a b c d e".split(), "a c e x".split()) == 3
+    assert lcs_length([], ["a"]) == 0 and lcs_length(["a"] * 200, ["a"] * 150) == 150
+    assert rouge_l_f1("the cat sat".split(), "the cat sat".split()) == 1.0
+    assert rouge_l_f1("the cat sat down".split(), "the cat sat".split()) == pytest.approx(2 * 0.75 * 1.0 / 1.75)
+    exact = parse_scorer("exact", "s:1", [Path(".")])
+    text = "Paris is the capital of France, on the Seine."
+    assert agreement_with_teacher(exact, text, text) == 1.0
+    assert 0.5 < agreement_with_teacher(exact, "The capital of France is Paris.", text) < 1.0
+    assert agreement_with_teacher(exact, "Bananas.", text) == 0.0
+    assert agreement_with_teacher(exact, "anything", "   ") is None  # the teacher gave nothing: not counted
+    numeric = parse_scorer("numeric", "s:1", [Path(".")])
+    assert agreement_with_teacher(numeric, "so 42.", "The answer is 42") == 1.0
+    assert agreement_with_teacher(numeric, "so 41.", "The answer is 42") == 0.0

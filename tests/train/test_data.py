@@ -156,3 +156,15 @@ def test_data_loading_memory_is_flat_in_corpus_size(tmp_path):
     assert results[1]["tokens"] > 16 * results[0]["tokens"]
     print("data loading peak RSS growth (KiB), 1x vs 20x corpus:", results)
     assert results[1]["growth_kb"] <= results[0]["growth_kb"] + 64 * 1024, results
+
+
+def test_held_out_rows_are_a_seeded_sample_across_the_corpus():
+    """Not a contiguous block (a corpus is written in prompt order: one block is one topic)."""
+    offsets = list(range(0, 1000, 50))  # 20 row groups of 50 rows
+    held = train_data.holdout_rows(offsets, 1000, 40, seed=3)
+    assert len(held) == 40 == len(set(held.tolist())) and held.tolist() == sorted(held.tolist())
+    assert len({int(i) // 50 for i in held}) >= 15  # spread over most row groups
+    assert held.max() - held.min() > 800
+    assert (held == train_data.holdout_rows(offsets, 1000, 40, seed=3)).all()
+    assert not (held == train_data.holdout_rows(offsets, 1000, 40, seed=4)).all()
+    assert len(train_data.holdout_rows(offsets, 1000, 1000, seed=0)) == 0  # never everything
