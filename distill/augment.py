@@ -239,12 +239,58 @@ def clean_prompt(text: str) -> str:
     return text
 
 
-def parse_prompts(text: str) -> list[str]:
-    """Split one generation into prompts.
+_BULLET = re.compile(r"^[ \t]*(?:[-*\u2022])[ \t]+", re.MULTILINE)
+_FENCE = re.compile(r"^[ \t]*```[a-zA-Z]*[ \t]*\n(.*?)\n[ \t]*```", re.DOTALL | re.MULTILINE)
 
-    With "Prompt:" markers, each marker starts a prompt (text before the first is preamble and
-    dropped). Without them, a numbered list starting at 1 splits on its items. Otherwise the
-    whole generation is one prompt. Empty pieces are kept so they are counted as ``empty``.
+
+def _json_prompts(text: str) -> list[str] | None:
+    """The prompts of a JSON array (of strings, or of objects with a "prompt" string), bare or in
+    a code fence, anywhere in ``text``; None when there is none."""
+    bodies = [m.group(1) for m in _FENCE.finditer(text)] + [text]
+    decoder = json.JSONDecoder()
+    for body in bodies:
+        for start in (i for i, ch in enumerate(body) if ch == "["):
+            try:
+                value, _ = decoder.raw_decode(body, start)
+            except ValueError:
+                continue
+            if isinstance(value, list) and value:
+                items = [v.get("prompt") if isinstance(v, dict) else v for v in value]
+                if all(isinstance(v, str) for v in items):
+                    return [clean_prompt(v) for v in items]
+    return None
+
+
+def _list_items(text: str, pattern: re.Pattern, numbered: bool) -> list[str] | None:
+    """Items of a numbered (from 1, in order) or bulleted list of at least two items; text before
+    the first item is a preamble and text after a blank line that follows the last item is a
+    postamble, both dropped. None when ``text`` holds no such list."""
+    items = list(pattern.finditer(text))
+    if numbered:
+        numbers = [int(re.match(r"\s*(\d+)", text[m.start():]).group(1)) for m in items]
+        if not numbers or numbers[0] != 1:
+            return None
+        run = 1
+        while run < len(numbers) and numbers[run] == numbers[run - 1] + 1:
+            run += 1
+        items = items[:run]
+    if len(items) < 2:
+        return None
+    ends = [m.start() for m in items[1:]] + [len(text)]
+    pieces = [text[m.end():e] for m, e in zip(items, ends)]
+    last = re.split(r"\n[ \t]*\n", pieces[-1].strip("\n"), maxsplit=1)
+    pieces[-1] = last[0]
+    return [clean_prompt(piece) for piece in pieces]
+
+
+def parse_prompts(text: str) -> list[str]:
+    """Split one generation into prompts, in the shapes teachers write them.
+
+    In order: "Prompt:" markers (each marker starts a prompt; text before the first is preamble);
+    a JSON array of strings (bare or in a ```json fence); a numbered list from 1 or a bulleted
+    list, each after an optional preamble and before an optional postamble ("Here are 5 new
+    prompts:\n\n1. ...\n2. ...\n\nLet me know..."). Otherwise the whole generation is one
+    prompt. Empty pieces are kept so they are counted as ``empty``.
     """
     text = text.replace("\r\n", "\n")
     marks = list(_MARKER.finditer(text))
@@ -252,10 +298,9 @@ def parse_prompts(text: str) -> list[str]:
         bounds = [m.end() for m in marks] + [len(text)]
         starts = [m.start() for m in marks[1:]] + [len(text)]
         return [clean_prompt(text[bounds[i] : starts[i]]) for i in range(len(marks))]
-    items = list(_NUMBERED.finditer(text))
-    if len(items) >= 2 and text[: items[0].start()].strip() == "" and re.match(r"\s*1\b", text[items[0].start() :]):
-        ends = [m.start() for m in items[1:]] + [len(text)]
-        return [clean_prompt(text[m.end() : e]) for m, e in zip(items, ends)]
+    for parsed in (_json_prompts(text), _list_items(text, _NUMBERED, True), _list_items(text, _BULLET, False)):
+        if parsed is not None:
+            return parsed
     return [clean_prompt(text)]
 
 

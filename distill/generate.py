@@ -411,7 +411,7 @@ def summary_lines(manifest: dict[str, Any], out: str) -> list[str]:
         augment_s = (manifest.get("augmentation") or {}).get("timing_s", {}).get("total")
         lines.append(f"  this run: {stats['new_response_tokens_last_run']} response tokens in {stats['respond_s_last_run']} s "
                      f"of answering ({stats['response_tokens_per_s_last_run']} tokens/s); {stats['elapsed_s_last_run']} s "
-                     f"in all" + (f", of which augmentation {augment_s} s" if augment_s is not None else ""))
+                     f"in all" + (f", of which augmentation {augment_s:.1f} s" if augment_s is not None else ""))
     return lines
 
 

@@ -407,3 +407,39 @@ def test_config_validation():
         AugmentConfig(shingle="sentence")
     with pytest.raises(ValueError, match="--judge-threshold"):
         AugmentConfig(judge_threshold=6)
+
+
+REAL_SHAPES = {
+    "preamble_numbered": "Here are 5 new prompts:\n\n1. What is the boiling point of water at sea level?\n"
+                         "2. Name three rivers in Africa.\n3. **How do vaccines train the immune system?**\n"
+                         "4. \"Write a haiku about snow.\"\n5. Convert 5 kilometres to miles.",
+    "numbered_postamble": "Sure! Here you go:\n1) What is the boiling point of water at sea level?\n"
+                          "2) Name three rivers in Africa.\n3) How do vaccines train the immune system?\n"
+                          "4) Write a haiku about snow.\n5) Convert 5 kilometres to miles.\n\n"
+                          "Let me know if you would like more prompts!",
+    "bullets": "New prompts:\n- What is the boiling point of water at sea level?\n* Name three rivers in Africa.\n"
+               "\u2022 How do vaccines train the immune system?\n- Write a haiku about snow.\n"
+               "- Convert 5 kilometres to miles.",
+    "json": '["What is the boiling point of water at sea level?", "Name three rivers in Africa.", '
+            '"How do vaccines train the immune system?", "Write a haiku about snow.", "Convert 5 kilometres to miles."]',
+    "fenced_json": "Here is the JSON you asked for:\n```json\n[\n  {\"prompt\": \"What is the boiling point of water at sea level?\"},\n"
+                   "  {\"prompt\": \"Name three rivers in Africa.\"},\n  {\"prompt\": \"How do vaccines train the immune system?\"},\n"
+                   "  {\"prompt\": \"Write a haiku about snow.\"},\n  {\"prompt\": \"Convert 5 kilometres to miles.\"}\n]\n```\nEnjoy!",
+    "labels": "Prompt 1: What is the boiling point of water at sea level?\nPrompt 2: Name three rivers in Africa.\n"
+              "Prompt 3: How do vaccines train the immune system?\nPrompt 4: Write a haiku about snow.\n"
+              "Prompt 5: Convert 5 kilometres to miles.",
+}
+EXPECTED_ITEMS = ["What is the boiling point of water at sea level?", "Name three rivers in Africa.",
+                  "How do vaccines train the immune system?", "Write a haiku about snow.", "Convert 5 kilometres to miles."]
+
+
+@pytest.mark.parametrize("shape", list(REAL_SHAPES))
+def test_real_answer_shapes_recover_every_item(shape):
+    """The ways instruct models actually answer "write 5 new prompts": every item comes back,
+    without the preamble, postamble, list markers, quotes, bold or fences."""
+    assert parse_prompts(REAL_SHAPES[shape]) == EXPECTED_ITEMS
+
+
+def test_a_single_prompt_stays_whole():
+    assert parse_prompts("Explain how a bicycle gear works.") == ["Explain how a bicycle gear works."]
+    assert parse_prompts("[1, 2, 3] is a list; what is its sum?") == ["[1, 2, 3] is a list; what is its sum?"]

@@ -79,7 +79,7 @@ def test_generate_augment_then_inspect(tmp_path, tiny_teacher_dir, monkeypatch):
     # (times are recorded rounded to 0.01 s)
     assert rate * (stats["respond_s_last_run"] - 0.006) <= tokens <= rate * (stats["respond_s_last_run"] + 0.006)
     assert rate > tokens / stats["elapsed_s_last_run"]  # the whole run's rate would be lower
-    assert f"of which augmentation {augment_s} s" in result.output
+    assert f"of which augmentation {augment_s:.1f} s" in result.output
 
     info = json.loads(CliRunner().invoke(main, ["inspect", str(out), "--json"]).output)
     aug = info["augmentation"]
