@@ -22,6 +22,7 @@ from distill.eval import EvalConfig
 from distill.generate import GenerateConfig
 from distill.options import given, stage_options
 from distill.train import TrainConfig
+from distill.train.init_student import InitStudentConfig
 
 
 class DistillGroup(click.Group):
@@ -60,6 +61,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     \b
     distill generate   teacher writes a corpus: prompts, responses, top-k log-probs
     distill augment    teacher writes new prompts from seeds (the first step of generate --augment)
+    distill init-student   a student from a subset of the teacher's layers
     distill train      student learns from it: KD (top-k) + SFT, DeepSpeed-ready
     distill eval       score models on a suite, compare, gate
     distill inspect    summarize a corpus
@@ -101,6 +103,17 @@ def train_command(ctx: click.Context, config_path: str | None, **params: Any) ->
     from distill.train import load_train_config, run
 
     run(load_train_config(config_path, given(ctx, params, TrainConfig)))
+
+
+@main.command("init-student")
+@stage_options(InitStudentConfig)
+@click.pass_context
+def init_student_command(ctx: click.Context, config_path: str | None, **params: Any) -> None:
+    """Initialise a student from the teacher: keep a subset of its layers (depth pruning)."""
+    from distill.config import load_config
+    from distill.train.init_student import run
+
+    run(load_config(InitStudentConfig, config_path, given(ctx, params, InitStudentConfig)))
 
 
 @main.command("eval")

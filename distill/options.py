@@ -162,8 +162,10 @@ def stage_configs() -> dict[str, type]:
     from distill.eval import EvalConfig
     from distill.generate import GenerateConfig
     from distill.train.config import TrainConfig
+    from distill.train.init_student import InitStudentConfig
 
-    return {"generate": GenerateConfig, "augment": AugmentConfig, "train": TrainConfig, "eval": EvalConfig}
+    return {"generate": GenerateConfig, "augment": AugmentConfig, "init-student": InitStudentConfig, "train": TrainConfig,
+            "eval": EvalConfig}
 
 
 def cli_reference() -> str:
