@@ -14,6 +14,26 @@ DIVS = list(losses.DIVERGENCES)
 BETA, ALPHA = 0.3, 0.2
 
 
+def textbook(name, p, q):
+    """The divergence ``name`` of two distributions by its textbook formula (numpy or torch arrays)."""
+    def kl(a, b):
+        return (a * (a / b).log()).sum() if hasattr(a, "log") else np.sum(a * np.log(a / b))
+
+    if name == "forward_kl":
+        return kl(p, q)
+    if name == "reverse_kl":
+        return kl(q, p)
+    if name == "jsd":
+        m = BETA * p + (1 - BETA) * q
+        return BETA * kl(p, m) + (1 - BETA) * kl(q, m)
+    if name == "skew_kl":
+        return kl(p, ALPHA * p + (1 - ALPHA) * q)
+    if name == "skew_reverse_kl":
+        return kl(q, (1 - ALPHA) * p + ALPHA * q)
+    assert name == "tvd", name
+    return 0.5 * abs(p - q).sum()
+
+
 def reference(name, logits, ids, teacher_lp, temperature=1.0, vocab=None):
     """Naive float64 reference, row by row in numpy: build both (k+1)-bin distributions from their
     definitions (DESIGN.md §4), temper, then apply the textbook formula."""
@@ -33,21 +53,7 @@ def reference(name, logits, ids, teacher_lp, temperature=1.0, vocab=None):
         if temperature != 1.0:
             p = p ** (1 / temperature); p /= p.sum()
             q = q ** (1 / temperature); q /= q.sum()
-        kl = lambda a, b: float(np.sum(a * np.log(a / b)))
-        if name == "forward_kl":
-            d = kl(p, q)
-        elif name == "reverse_kl":
-            d = kl(q, p)
-        elif name == "jsd":
-            m = BETA * p + (1 - BETA) * q
-            d = BETA * kl(p, m) + (1 - BETA) * kl(q, m)
-        elif name == "skew_kl":
-            d = kl(p, ALPHA * p + (1 - ALPHA) * q)
-        elif name == "skew_reverse_kl":
-            d = kl(q, (1 - ALPHA) * p + ALPHA * q)
-        elif name == "tvd":
-            d = 0.5 * float(np.abs(p - q).sum())
-        total += d * temperature**2
+        total += float(textbook(name, p, q)) * temperature**2
     return total
 
 
@@ -295,21 +301,7 @@ def full_distribution_reference(name, logits, teacher_logprobs, temperature=1.0)
     """Float64 torch reference on the full distributions (k = V: no tail bin at all), differentiable."""
     p = torch.softmax(teacher_logprobs.double() / temperature, -1)
     q = torch.softmax(logits.double() / temperature, -1)
-    kl = lambda a, b: (a * (a.log() - b.log())).sum()
-    if name == "forward_kl":
-        d = kl(p, q)
-    elif name == "reverse_kl":
-        d = kl(q, p)
-    elif name == "jsd":
-        m = BETA * p + (1 - BETA) * q
-        d = BETA * kl(p, m) + (1 - BETA) * kl(q, m)
-    elif name == "skew_kl":
-        d = kl(p, ALPHA * p + (1 - ALPHA) * q)
-    elif name == "skew_reverse_kl":
-        d = kl(q, (1 - ALPHA) * p + ALPHA * q)
-    else:
-        d = 0.5 * (p - q).abs().sum()
-    return d * temperature**2
+    return textbook(name, p, q) * temperature**2
 
 
 @pytest.mark.parametrize("name", DIVS)
