@@ -93,6 +93,9 @@ TEMPLATE_FIELDS = {
     "judge_prompt": ({"prompt"}, {"prompt", "rubric"}),
 }
 RECIPE_KEYS = ("meta_prompt", "judge_prompt", "judge_rubric")
+JUDGE_TOP_K = 20  # log-probs the judge's rating is read from
+JUDGE_ANSWER_PREFIX = "Score:"  # the judge's reply starts here, so its next tokens are the rating
+RATING_WORDS = {**{str(d): d for d in range(1, 6)}, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
 
 
 @dataclass(frozen=True)
@@ -367,6 +370,29 @@ def parse_judge_score(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def expected_judge_score(output: Any, tokenizer: Any, digit_cache: dict[int, int | None] | None = None) -> float | None:
+    """The judge's score read from its log-probabilities, not its text: at the first position
+    where the rating digits 1-5 hold at least half the probability mass among the teacher's top-k,
+    the expectation of the digit under that distribution. A small teacher that would not write a
+    clean "Score: 4" still ranks its digits. None when no position qualifies (or no log-probs)."""
+    if output.topk_ids is None or output.topk_logprobs is None:
+        return None
+    cache = digit_cache if digit_cache is not None else {}
+    for ids, logprobs in zip(output.topk_ids, output.topk_logprobs):
+        mass = [0.0] * 6
+        for token_id, logprob in zip(ids.tolist(), logprobs.tolist()):
+            if token_id not in cache:
+                text = tokenizer.decode([token_id]).strip().lower()
+                cache[token_id] = RATING_WORDS.get(text)
+            digit = cache[token_id]
+            if digit is not None:
+                mass[digit] += math.exp(logprob)
+        total = sum(mass)
+        if total >= 0.5:
+            return round(sum(d * m for d, m in enumerate(mass)) / total, 3)
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # the loop
 
@@ -535,22 +561,35 @@ def _screen(state: _State, text: str, prompt_limit: int, teacher: Any, contamina
     return None, ""
 
 
-def _judge(state: _State, templates: Templates, teacher: Any, round_index: int, candidates: list[tuple[str, str]]) -> dict[str, int | None]:
-    """Teacher scores (1-5, None when unparseable) for (key, text) candidates."""
+def _judge(state: _State, templates: Templates, teacher: Any, round_index: int, candidates: list[tuple[str, str]]) -> dict[str, float | None]:
+    """Teacher scores (1-5, None when neither its log-probs nor its text give one) for (key, text)
+    candidates: the expected rating under the teacher's distribution over the digits."""
     from distill.teachers.base import GenerationRequest, SamplingParams
 
     config = state.config
-    params = SamplingParams(max_new_tokens=config.judge_max_tokens, temperature=0.0, top_p=1.0, top_k_logprobs=0)
+    # The score comes from the judge's log-probabilities of the rating digits where the teacher
+    # returns log-probs; its text is parsed only as the fallback (a black-box endpoint).
+    black_box = bool(teacher.fingerprint().get("black_box", False))
+    params = SamplingParams(max_new_tokens=config.judge_max_tokens, temperature=0.0, top_p=1.0,
+                            top_k_logprobs=0 if black_box else JUDGE_TOP_K)
     requests = []
     for key, text in candidates:
         messages = ({"role": "user", "content": templates.judge_prompt.format(prompt=text, rubric=templates.judge_rubric)},)
         ids = encode_prompt(teacher.tokenizer, messages)
+        if not black_box:  # the reply opens with "Score:" (backends that take token ids), so the rating comes next
+            ids = ids + list(teacher.tokenizer(JUDGE_ANSWER_PREFIX, add_special_tokens=False)["input_ids"])
         requests.append(GenerationRequest(key=f"judge-{key}", prompt_ids=tuple(ids), seed=derive_seed("judge", config.seed, round_index, key),
                                           messages=messages))
     if not requests:
         return {}
     outputs = _timed_generate(teacher, requests, params, state.timing, "judge_s")
-    return {key: parse_judge_score(_output_text(teacher, outputs[f"judge-{key}"])) for key, _ in candidates}
+    scores: dict[str, float | None] = {}
+    cache: dict[int, int | None] = {}
+    for key, _ in candidates:
+        out = outputs[f"judge-{key}"]
+        score = expected_judge_score(out, teacher.tokenizer, cache)
+        scores[key] = score if score is not None else parse_judge_score(_output_text(teacher, out))
+    return scores
 
 
 def _run_round(state: _State, templates: Templates, teacher: Any, round_index: int, prompt_limit: int, contamination: Any) -> dict[str, Any]:

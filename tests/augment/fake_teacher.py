@@ -44,7 +44,10 @@ class FakeTeacher:
         return {"model": self.name, "backend": self.backend}
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> Iterator[TeacherOutput]:
-        assert params.top_k_logprobs == 0, "augmentation must not ask for log-probs"
+        # prompt writing never needs log-probs; the judge reads its rating from them (this fake
+        # returns none, so the judge falls back to parsing the text)
+        assert params.top_k_logprobs == 0 or all(r.key.startswith("judge-") for r in requests), \
+            "prompt writing must not ask for log-probs"
         self.calls.append((len(requests), params))
         for request in reversed(list(requests)):
             assert len(request.prompt_ids) + params.max_new_tokens <= self.max_context

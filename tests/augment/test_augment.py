@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from distill.augment import (
@@ -443,3 +444,27 @@ def test_real_answer_shapes_recover_every_item(shape):
 def test_a_single_prompt_stays_whole():
     assert parse_prompts("Explain how a bicycle gear works.") == ["Explain how a bicycle gear works."]
     assert parse_prompts("[1, 2, 3] is a list; what is its sum?") == ["[1, 2, 3] is a list; what is its sum?"]
+
+
+def test_judge_score_from_log_probs():
+    """The rating is the expectation over the digits 1-5 at the first position where they hold
+    at least half the top-k mass; a model that would not write a clean digit still ranks them."""
+    from distill.augment import expected_judge_score
+    from distill.teachers.base import TeacherOutput
+    from tests.augment.fake_teacher import CharTokenizer
+
+    tok = CharTokenizer()
+
+    def output(steps):
+        ids = np.array([[ord(c) for c, _ in step] for step in steps], dtype=np.int32)
+        lps = np.log(np.array([[p for _, p in step] for step in steps], dtype=np.float32))
+        return TeacherOutput(key="judge-x", prompt_ids=np.zeros(1, np.int32), response_ids=ids[:, 0], topk_ids=ids,
+                             topk_logprobs=lps, sampled_logprobs=lps[:, 0], finish_reason="stop", text="")
+
+    # position 0 is "Score:"-like text; position 1 is the rating: 4 with 0.6, 5 with 0.3, 2 with 0.1
+    score = expected_judge_score(output([[("S", 0.9), ("4", 0.05), ("x", 0.05)], [("4", 0.6), ("5", 0.3), ("2", 0.1)]]), tok)
+    assert score == pytest.approx(4.1)
+    assert expected_judge_score(output([[("a", 0.7), ("b", 0.3)]]), tok) is None  # no rating anywhere
+    no_logprobs = TeacherOutput(key="k", prompt_ids=np.zeros(1, np.int32), response_ids=np.zeros(1, np.int32), topk_ids=None,
+                                topk_logprobs=None, sampled_logprobs=None, finish_reason="stop", text="4")
+    assert expected_judge_score(no_logprobs, tok) is None

@@ -120,3 +120,20 @@ def test_a_student_trains_on_it_and_eval_compares_them(real_teacher_dir, real_co
     assert teacher["agreement"] == 1.0 and teacher["kl_to_teacher"] < 1e-3
     assert student["kl_to_teacher"] > teacher["kl_to_teacher"] and 0.0 <= student["agreement"] <= 1.0
     assert teacher["params"] > 100_000_000 > student["params"]
+
+
+def test_the_judge_scores_every_candidate_from_log_probs(real_teacher_dir, tmp_path):
+    """A 135M teacher rarely writes a clean "Score: 4"; the log-prob judge still scores every
+    candidate (no judge_unparseable), each score an expectation in [1, 5]."""
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in SEEDS))
+    out = tmp_path / "augment"
+    result = CliRunner().invoke(main, ["augment", "--teacher", real_teacher_dir, "--prompts", seeds, "--out", out,
+                                       "-n", "6", "--requests-per-round", "4", "--max-rounds", "1",
+                                       "--generation-max-tokens", "96", "--judge-threshold", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads((out / "augment.json").read_text())["augmentation"]
+    assert stats["rejected"].get("judge_unparseable", 0) == 0, stats["rejected"]
+    accepted = [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines() if line.strip()]
+    scores = [r["origin"]["judge_score"] for r in accepted if r["origin"].get("source") == "synthetic"]
+    assert scores and all(1.0 <= s <= 5.0 for s in scores), scores
