@@ -5,7 +5,7 @@ prompts accepted in earlier rounds), fill the meta-prompt, let the teacher write
 generation into one or several prompts, normalize them, and run every candidate through the
 filters in this order, stopping at the first that rejects it (its reason is counted once):
 
-    empty, truncated, broken_format, too_short, refusal, meta_prompt_echo, seed_copy,
+    empty, truncated, broken_format, too_short, refusal, assistant_voice, meta_prompt_echo, seed_copy,
     exact_duplicate, too_long, near_duplicate, contaminated, judge_unparseable, judge_below_threshold
 
 Rounds continue until ``num_prompts`` are accepted or ``max_rounds`` are spent; the stats say
@@ -49,6 +49,7 @@ REJECT_REASONS = (
     "broken_format",
     "too_short",
     "refusal",
+    "assistant_voice",
     "meta_prompt_echo",
     "seed_copy",
     "exact_duplicate",
@@ -324,6 +325,23 @@ _SPECIAL = re.compile(r"<\|[^|<>\s]{1,40}\|>|</?s>")
 _ROLE_HEADER = re.compile(r"^(?:assistant|user|system)[ \t]*\n")
 
 
+# The assistant talking, or text about writing prompts, anywhere in a candidate (not only at its
+# start): what a real instruct teacher writes around or instead of the prompts it was asked for.
+_ASSISTANT_VOICE = re.compile(
+    r"\b(?:i'?m|i am) (?:ready|happy|glad|here) to (?:help|assist)\b|\bhow (?:can|may) i (?:help|assist)\b"
+    r"|\blet me know if\b|\bi hope (?:this|these) helps?\b|\bas an ai\b"
+    r"|\b(?:here (?:are|is)|below (?:are|is)) (?:\w+ ){0,3}(?:new |more |additional |example )?(?:prompts?|questions)\b"
+    r"|\bwrite (?:\d+|one|two|three|four|five|six|seven|eight|nine|ten|some|a few|more) (?:\w+ ){0,2}prompts?\b"
+    r"|\b(?:new|more|additional|similar|following) prompts?\b"
+)
+
+
+def is_assistant_voice(text: str) -> bool:
+    """The assistant talking ("I'm ready to assist.", "Let me know if...") or text about writing
+    prompts ("Write 5 new prompts with the same theme as..."), anywhere in ``text``."""
+    return bool(_ASSISTANT_VOICE.search(normalize_text(text).replace("\u2019", "'")))
+
+
 def is_refusal(text: str) -> bool:
     return bool(_REFUSAL.match(normalize_text(text).replace("\u2019", "'")))
 
@@ -534,6 +552,8 @@ def _screen(state: _State, text: str, prompt_limit: int, teacher: Any, contamina
         return "too_short", f"{len(toks)} words"
     if is_refusal(text):
         return "refusal", ""
+    if is_assistant_voice(text):
+        return "assistant_voice", ""
     if state.echo(text, toks):
         return "meta_prompt_echo", ""
     key = exact_key(text)

@@ -92,8 +92,9 @@ PLANTED = [
     ("Describe the <|im_start|> tokens of a chat model.", "broken_format"),
     ("Hi there", "too_short"),
     ("I'm sorry, but I cannot write new prompts for this.", "refusal"),
-    ("Write 3 new prompts of the same kind. Each new prompt must be self-contained.", "meta_prompt_echo"),
-    ("Here are 3 new prompts for you about travel and cooking", "meta_prompt_echo"),
+    ("Write 3 new prompts of the same kind. Each new prompt must be self-contained.", "assistant_voice"),
+    ("Here are 3 new prompts for you about travel and cooking", "assistant_voice"),
+    ("Plan a trip to Rome: it must differ from the examples and from the other plans.", "meta_prompt_echo"),
     ("Write a haiku about autumn leaves falling on a quiet river.", "seed_copy"),
     ("Please help: write a haiku about autumn leaves falling on a quiet river. Thanks!", "seed_copy"),
     ("Compose a limerick about a cat who learns to play the piano at midnight.", None),
@@ -127,7 +128,7 @@ def test_every_filter_planted(tokenizer, tmp_path):
     assert result.stats["accepted"] == len(kept) and result.stats["candidates"] == len(PLANTED)
     assert result.stats["stopped"] == "round_budget_spent"
     by_text = {r["text"]: r["reason"] for r in result.rejected}
-    assert by_text[PLANTED[11][0]] == "near_duplicate"
+    assert by_text[PLANTED[12][0]] == "near_duplicate"
     assert all(call[1].top_k_logprobs == 0 for call in teacher.calls)
     for record in result.records:
         assert record.origin["source"] == "synthetic" and record.origin["round"] == 1
@@ -468,3 +469,19 @@ def test_judge_score_from_log_probs():
     no_logprobs = TeacherOutput(key="k", prompt_ids=np.zeros(1, np.int32), response_ids=np.zeros(1, np.int32), topk_ids=None,
                                 topk_logprobs=None, sampled_logprobs=None, finish_reason="stop", text="4")
     assert expected_judge_score(no_logprobs, tok) is None
+
+
+@pytest.mark.parametrize("text,voice", [
+    ("I'm ready to assist. What would you like to know about the moon?", True),
+    ("Sure thing! Below are some example questions you could ask.", True),
+    ("Explain photosynthesis. Let me know if you need more detail.", True),
+    ("Write 5 new prompts with the same theme as the examples above.", True),
+    ("Give me three similar prompts about dogs.", True),
+    ("Explain how vaccines train the immune system.", False),
+    ("Write a short story about a lighthouse keeper who finds a message in a bottle.", False),
+    ("What questions should I ask at a job interview?", False),
+])
+def test_assistant_voice_anywhere(text, voice):
+    from distill.augment import is_assistant_voice
+
+    assert is_assistant_voice(text) is voice
