@@ -27,7 +27,7 @@ from distill.errors import ConfigError
 
 T = TypeVar("T")
 
-__all__ = ["ConfigError", "FieldError", "Layer", "bad", "field", "load_config", "read_yaml", "read_yaml_layer"]
+__all__ = ["ConfigError", "FieldError", "Layer", "bad", "field", "load_config", "read_yaml_layer"]
 
 COMMAND_LINE = "command line"
 
@@ -125,11 +125,6 @@ def read_yaml_layer(path: str | Path) -> Layer:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
     return Layer(str(path), data, lines)
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; errors name the file (and the line, for syntax errors)."""
-    return dict(read_yaml_layer(path).values)
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

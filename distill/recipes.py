@@ -8,9 +8,7 @@ In a source checkout the folders sit at the repository root; in an installed whe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from distill.config import ConfigError, read_yaml
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 SHIPPED_FOLDERS = ("teachers", "students", "data", "eval")
@@ -46,18 +44,6 @@ def find_recipe(folder: str, spec: str) -> Path | None:
             return candidate
     return None
 
-
-def resolve_recipe(folder: str, spec: str) -> tuple[Path, dict[str, Any]]:
-    """Resolve ``spec`` (a recipe name or a path to a YAML file) to (path, mapping).
-
-    Raises ConfigError naming the flag's value and the shipped names when nothing matches.
-    """
-    path = find_recipe(folder, spec)
-    if path is None:
-        raise ConfigError(
-            f"'{spec}' is neither a YAML file nor a {folder[:-1]} recipe; shipped {folder}: {', '.join(recipe_names(folder))}"
-        )
-    return path, read_yaml(path)
 
 def recipe_relative(recipe_path: str | Path, value: str) -> str:
     """A path a recipe names, resolved the one way every recipe key is: against the recipe's folder
