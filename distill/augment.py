@@ -5,8 +5,17 @@ prompts accepted in earlier rounds), fill the meta-prompt, let the teacher write
 generation into one or several prompts, normalize them, and run every candidate through the
 filters in this order, stopping at the first that rejects it (its reason is counted once):
 
-    empty, truncated, broken_format, too_short, refusal, assistant_voice, meta_prompt_echo, seed_copy,
-    exact_duplicate, too_long, near_duplicate, contaminated, judge_unparseable, judge_below_threshold
+    empty, truncated, broken_format, off_script, too_short, refusal, assistant_voice, not_a_request,
+    meta_prompt_echo, seed_copy, exact_duplicate, too_long, length_outlier, near_duplicate, contaminated,
+    improbable, judge_unparseable, judge_below_threshold
+
+``off_script``, ``length_outlier`` and ``improbable`` are measured against the seeds: letters in a
+script no seed uses, a word or line count far outside the seeds' range, and a mean token log-prob
+under the teacher (the candidate scored as a user turn) well below the seeds'. ``not_a_request``
+(English: neither a question nor an instruction) applies when the seeds themselves are requests. The teacher is asked
+for a JSON array of prompts, and backends with structured output (vLLM guided decoding, an
+endpoint's ``response_format``) are held to it; what models write anyway (preambles, numbered or
+bulleted lists, "Prompt:" labels, fences) is parsed too.
 
 Rounds continue until ``num_prompts`` are accepted or ``max_rounds`` are spent; the stats say
 which. Only the Teacher protocol is used (``generate`` with ``top_k_logprobs=0``, ``tokenizer``,
@@ -35,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
+import numpy as np
+
 from distill.atomic import atomic_write_text
 from distill.config import ConfigError, bad, field
 from distill.lock import FolderLock
@@ -47,32 +58,41 @@ REJECT_REASONS = (
     "empty",
     "truncated",
     "broken_format",
+    "off_script",
     "too_short",
     "refusal",
     "assistant_voice",
+    "not_a_request",
     "meta_prompt_echo",
     "seed_copy",
     "exact_duplicate",
     "too_long",
+    "length_outlier",
     "near_duplicate",
     "contaminated",
+    "improbable",
     "judge_unparseable",
     "judge_below_threshold",
 )
 
 # The default meta-prompt. ``{examples}`` receives the few-shot prompts, each rendered as
 # "Prompt: <text>" and separated by a blank line; ``{num_new}`` the number of prompts asked for.
-# The teacher answers in the same "Prompt: ..." format, which ``parse_prompts`` splits.
+# The teacher is asked for a JSON array of strings (the output contract that structured output
+# enforces where the backend has it); ``parse_prompts`` also splits the other shapes models write.
 DEFAULT_META_PROMPT = (
-    "Here are example prompts that users sent to an AI assistant:\n"
+    "Here are example prompts that users sent to an AI assistant, as a JSON array:\n"
     "\n"
-    "{examples}\n"
+    "{examples_json}\n"
     "\n"
     "Write {num_new} new prompts of the same kind. Each new prompt must be self-contained and "
     "answerable, must differ from the examples and from the other new prompts in its details "
-    "(topic, names, numbers, wording), and must not contain its answer. Start each new prompt "
-    'on its own line with "Prompt:".'
+    "(topic, names, numbers, wording), and must not contain its answer. Answer with a JSON array "
+    "of {num_new} strings, one new prompt per string, and nothing else."
 )
+# A meta-prompt that shows its examples as JSON ({examples_json}) asks for a JSON array back. On
+# backends that take token ids and cannot enforce a schema (hf, an endpoint's completions API
+# off vLLM), the reply is primed with this text, so even a small model starts the array.
+JSON_ANSWER_PREFIX = '["'
 DEFAULT_JUDGE_PROMPT = (
     "Rate the following prompt, which a user might send to an AI assistant, from 1 (unusable) "
     "to 5 (excellent) against this rubric:\n"
@@ -90,7 +110,7 @@ DEFAULT_JUDGE_RUBRIC = (
 EXAMPLE_PREFIX = "Prompt: "
 TEMPLATE_FIELDS = {
     # template key: (required placeholders, allowed placeholders)
-    "meta_prompt": ({"examples"}, {"examples", "num_new"}),
+    "meta_prompt": (set(), {"examples", "examples_json", "num_new"}),  # one of the examples fields
     "judge_prompt": ({"prompt"}, {"prompt", "rubric"}),
 }
 RECIPE_KEYS = ("meta_prompt", "judge_prompt", "judge_rubric")
@@ -120,6 +140,12 @@ class AugmentConfig:
     max_new_tokens: int = field(256, help="response budget reserved later (generate --max-new-tokens): prompts longer than the teacher's context minus this are rejected")
     max_prompt_tokens: int = field(0, help="reject prompts longer than this many teacher tokens (0 = context minus max_new_tokens only)")
     min_words: int = field(3, help="reject prompts with fewer words")
+    length_range: float = field(1.5, help="reject prompts whose word count is outside [shortest seed / R, longest seed * R]; 0 = off")
+    request_form: Literal["auto", "on", "off"] = field("auto", help="reject candidates that are neither a question nor an instruction (English rule); auto = on when >= 80% of the seeds are")
+    script_check: bool = field(True, help="reject prompts whose letters are in a script none of the seeds uses (Unicode script of each letter)")
+    improbable_filter: bool = field(True, help="reject prompts the teacher finds improbable: mean token log-prob as a user turn below the seeds' 10th percentile minus --improbable-margin (teachers with log-probs)")
+    improbable_margin: float = field(1.0, help="nats per token below the seeds' 10th percentile at which --improbable-filter rejects")
+    structured_output: bool = field(True, help="hold the teacher's answer to a JSON array of strings where the backend supports it (vLLM guided decoding, endpoint response_format); turn off for a meta-prompt that asks for another shape")
     near_dup_threshold: float = field(0.7, help="Jaccard similarity of shingle sets at or above which a prompt is a near duplicate")
     shingle: Literal["word", "char"] = field("word", help="shingle kind for near-dup detection")
     shingle_size: int = field(3, help="words (or characters) per shingle")
@@ -150,6 +176,8 @@ class AugmentConfig:
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
         check(self.max_prompt_tokens >= 0, "max_prompt_tokens", "must be >= 0")
         check(self.min_words >= 0, "min_words", "must be >= 0")
+        check(self.length_range == 0 or self.length_range >= 1, "length_range", "must be 0 (off) or >= 1")
+        check(self.improbable_margin >= 0, "improbable_margin", "must be >= 0")
         check(0 < self.near_dup_threshold <= 1, "near_dup_threshold", "must be in (0, 1]")
         check(self.shingle in SHINGLE_KINDS, "shingle", f"must be one of {', '.join(SHINGLE_KINDS)}")
         check(self.shingle_size >= 1, "shingle_size", "must be >= 1")
@@ -178,6 +206,8 @@ def check_template(template: str, key: str, where: str) -> None:
     except ValueError as exc:
         raise ConfigError(f"{where}: {key}: invalid template ({exc}); write literal braces as {{{{ and }}}}") from None
     missing = sorted(required - names)
+    if key == "meta_prompt" and not names & {"examples", "examples_json"}:
+        missing = ["examples"]
     if missing:
         raise ConfigError(f"{where}: {key}: template has no {{{missing[0]}}} placeholder (required: {', '.join('{' + n + '}' for n in sorted(required))})")
     unknown = sorted(names - allowed)
@@ -210,8 +240,16 @@ def resolve_templates(config: AugmentConfig, recipe: "TeacherRecipe | None" = No
 
 
 def render_meta_prompt(template: str, examples: Sequence[str], num_new: int) -> str:
+    """``{examples}``: each example as "Prompt: <text>", blank-line separated; ``{examples_json}``:
+    the examples as a JSON array of strings, one per line."""
     rendered = "\n\n".join(EXAMPLE_PREFIX + text.strip() for text in examples)
-    return template.format(examples=rendered, num_new=num_new)
+    as_json = "[\n" + ",\n".join(" " + json.dumps(text.strip(), ensure_ascii=False) for text in examples) + "\n]"
+    return template.format(examples=rendered, examples_json=as_json, num_new=num_new)
+
+
+def asks_for_json(template: str) -> bool:
+    """Whether a meta-prompt shows its examples as JSON, and so asks for a JSON array back."""
+    return any(name == "examples_json" for _, name, _, _ in string.Formatter().parse(template))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,8 +299,44 @@ def _json_prompts(text: str) -> list[str] | None:
             if isinstance(value, list) and value:
                 items = [v.get("prompt") if isinstance(v, dict) else v for v in value]
                 if all(isinstance(v, str) for v in items):
-                    return [clean_prompt(v) for v in items]
-    return None
+                    return [_json_item(v) for v in items]
+    return _partial_json_strings(text, decoder)
+
+
+def _partial_json_strings(text: str, decoder: json.JSONDecoder) -> list[str] | None:
+    """The complete strings of a JSON array of strings that was cut off or broken (a generation
+    that hit its token budget, or a model that left the format midway): items up to the break,
+    plus an unfinished last string as its own piece (the caller counts it as truncated). None
+    unless at least one string is complete."""
+    match = re.match(r'\s*\[\s*"', text)
+    if not match:
+        return None
+    items: list[str] = []
+    pos = match.end() - 1
+    while True:
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except ValueError:
+            if text.find('"', pos + 1) < 0:  # an unfinished string: the text ran out inside it
+                items.append(text[pos + 1:])
+            break
+        items.append(value)
+        sep = re.match(r'\s*,\s*"', text[end:])
+        if not sep:
+            break
+        pos = end + sep.end() - 1
+    complete = len(items) - (1 if items and text.find('"', pos + 1) < 0 else 0)
+    return [_json_item(v) for v in items] if complete >= 1 else None
+
+
+def _json_item(text: str) -> str:
+    """One string of a JSON answer, without the list numbering or label some models put inside
+    the string ("4. What is ...", "Prompt 2: ...")."""
+    text = clean_prompt(text)
+    return clean_prompt(_ITEM_LABEL.sub("", text, count=1))
+
+
+_ITEM_LABEL = re.compile(r"^(?:\d{1,3}[.)]|(?:new[ \t]+)?prompt[ \t]*\d{0,3}[ \t]*:)[ \t]+", re.IGNORECASE)
 
 
 def _list_items(text: str, pattern: re.Pattern, numbered: bool) -> list[str] | None:
@@ -308,6 +382,16 @@ def parse_prompts(text: str) -> list[str]:
     return [clean_prompt(text)]
 
 
+def parse_answer(text: str, prefix: str = "") -> list[str]:
+    """The prompts of a generation whose reply was primed with ``prefix`` (the opening of a JSON
+    array): read as that array when it continues it, else as whatever shape the model wrote."""
+    if prefix:
+        items = _json_prompts(prefix + text)
+        if items is not None:
+            return items
+    return parse_prompts(text)
+
+
 # ---------------------------------------------------------------------------------------------
 # junk detectors
 
@@ -333,13 +417,49 @@ _ASSISTANT_VOICE = re.compile(
     r"|\b(?:here (?:are|is)|below (?:are|is)) (?:\w+ ){0,3}(?:new |more |additional |example )?(?:prompts?|questions)\b"
     r"|\bwrite (?:\d+|one|two|three|four|five|six|seven|eight|nine|ten|some|a few|more) (?:\w+ ){0,2}prompts?\b"
     r"|\b(?:new|more|additional|similar|following) prompts?\b"
+    r"|\b(?:this|these|the|each|the above) (?:new )?prompts? (?:is|are|requires?|asks?|must|should|will|can|was)\b"
 )
+# A line that labels what follows as the answer: the model answered its own prompt.
+_ANSWER_LABEL = re.compile(r"(?:^|\n)[ \t]*(?:\*\*)?(?:answer|solution|response|output|explanation)(?:\*\*)?[ \t]*:", re.IGNORECASE)
 
 
 def is_assistant_voice(text: str) -> bool:
     """The assistant talking ("I'm ready to assist.", "Let me know if...") or text about writing
     prompts ("Write 5 new prompts with the same theme as..."), anywhere in ``text``."""
-    return bool(_ASSISTANT_VOICE.search(normalize_text(text).replace("\u2019", "'")))
+    return bool(_ASSISTANT_VOICE.search(normalize_text(text).replace("\u2019", "'")) or _ANSWER_LABEL.search(text))
+
+
+# Verbs an English instruction opens with ("Write ...", "List ...", "Please explain ...").
+REQUEST_VERBS = frozenset("""
+add adapt analyse analyze answer arrange ask assess brainstorm build calculate categorize change check choose
+classify clean combine compare compile complete compose compute construct convert correct count create debug
+decide define describe design detail determine develop devise draft draw edit elaborate estimate evaluate
+explain explore express extract fill find finish fix format formulate generate give guess help highlight
+identify illustrate imagine implement improve interpret introduce invent join justify label list locate make
+map match measure merge modify multiply name note offer order organize outline paraphrase pick plan predict
+prepare present prioritize produce proofread propose prove provide put rank rate read recommend reduce refactor
+rephrase replace rewrite say schedule score select share shorten show simplify sketch solve sort specify spell
+state subtract suggest summarise summarize swap take teach tell test think trace transform translate turn type
+use verify walk work write
+""".split())
+_POLITE_REQUEST = re.compile(r"^(?:please|kindly|can you|could you|would you|will you|i need|i want|i'd like|i would like|help me|let's)\b")
+
+
+def is_request(text: str) -> bool:
+    """A question (a "?" anywhere) or an instruction (a sentence that opens with an instruction
+    verb, "please", "can you", "I need", ...: "Omar has 7 books. Count the books he has left."):
+    the English shape of a prompt to an assistant."""
+    if "?" in text or "\uff1f" in text:
+        return True
+    for sentence in _SENTENCE_START.split(text.replace("\u2019", "'")):
+        norm = normalize_text(sentence).lstrip("\"'*#>-([ ")
+        first = re.sub(r"[^a-z']", "", norm.split(" ", 1)[0]) if norm else ""
+        if first in REQUEST_VERBS or _POLITE_REQUEST.match(norm):
+            return True
+    return False
+
+
+_SENTENCE_START = re.compile(r"(?<=[.!:;])\s+|\n+")
 
 
 def is_refusal(text: str) -> bool:
@@ -357,6 +477,28 @@ def broken_format(text: str, special_tokens: Iterable[str] = ()) -> str | None:
         return "unclosed code fence"
     if _ROLE_HEADER.match(text):
         return "chat role header in text"
+    return None
+
+
+def letter_script(ch: str) -> str:
+    """The script of a letter as its Unicode character name spells it: "LATIN", "CYRILLIC",
+    "GREEK", "CJK", "HIRAGANA", "ARABIC", ... (the name's first word)."""
+    name = unicodedata.name(ch, "")
+    return name.split(" ", 1)[0] if name else "UNKNOWN"
+
+
+def letter_scripts(texts: Iterable[str]) -> set[str]:
+    return {letter_script(ch) for text in texts for ch in text if ch.isalpha()}
+
+
+def off_script(text: str, allowed: set[str]) -> str | None:
+    """Which scripts of ``text`` none of the seeds uses, when their letters are more than a stray
+    symbol (over 2 letters and over 5% of the letters: a Greek pi in a Latin prompt is kept)."""
+    letters = [ch for ch in text if ch.isalpha()]
+    foreign = Counter(s for s in map(letter_script, letters) if s not in allowed)
+    count = sum(foreign.values())
+    if count > 2 and count > 0.05 * len(letters):
+        return ", ".join(f"{name} {n}" for name, n in foreign.most_common(3))
     return None
 
 
@@ -468,6 +610,23 @@ class _State:
         # Verbatim seed copies inside a longer text: whole seeds (>= 4 words) as one "n-gram" each.
         self.seed_contained = NgramIndex([s.prompt for s in self.seeds if len(s.prompt.split()) >= 4], n=1 << 30)
         self.echo = EchoDetector(templates.meta_prompt)
+        # The output contract: a JSON array when the meta-prompt shows its examples as JSON; held
+        # to a schema where the backend can, primed with '["' where the backend takes token ids.
+        json_answer = asks_for_json(templates.meta_prompt)
+        self.structured = json_answer and config.structured_output and bool(getattr(teacher, "structured_output", False))
+        self.answer_prefix = JSON_ANSWER_PREFIX if json_answer and not self.structured else ""
+        from distill.dedup import words
+
+        self.seed_scripts = letter_scripts(seed.prompt for seed in self.seeds)
+        seed_words = [len(words(seed.prompt)) for seed in self.seeds]
+        r = config.length_range
+        self.word_range = (math.floor(min(seed_words) / r), math.ceil(max(seed_words) * r)) if r else None
+        seed_lines = max(len([line for line in seed.prompt.splitlines() if line.strip()]) for seed in self.seeds)
+        self.max_lines = max(1, math.floor(seed_lines * r)) if r else None
+        requests = sum(is_request(seed.prompt) for seed in self.seeds)
+        self.request_check = config.request_form == "on" or (config.request_form == "auto" and requests >= 0.8 * len(self.seeds))
+        self.logprob_floor: float | None = None  # set by seed_logprob_floor before the first round
+        self.seed_logprob_p10: float | None = None
         tok = teacher.tokenizer
         self.special_tokens = [t for t in getattr(tok, "all_special_tokens", []) if len(t) > 1]
         # Chat-template tokens around a user turn, with a margin for merges across its edges.
@@ -510,12 +669,21 @@ def _round_requests(state: _State, templates: Templates, teacher: Any, round_ind
         if len(ids) > budget:
             state.skipped_requests += 1
             continue
+        if state.answer_prefix:
+            ids = list(ids) + list(teacher.tokenizer(state.answer_prefix, add_special_tokens=False)["input_ids"])
         key = f"augment-r{round_index}-q{i}"
         # messages too: a chat-API endpoint applies its own template server-side.
         requests.append(GenerationRequest(key=key, prompt_ids=tuple(ids), seed=derive_seed("augment-request", config.seed, round_index, i),
                                           messages=messages))
         parents[key] = (i, [e.id for e in examples])
     return requests, parents
+
+
+def prompts_schema(num_new: int) -> str:
+    """The output contract as a JSON Schema (canonical JSON text): an array of 1..num_new
+    non-empty strings. Backends with structured output hold the teacher's answer to it."""
+    schema = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": num_new}
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
 
 
 def _timed_generate(teacher: Any, requests: list, params: Any, timing: Counter, label: str) -> dict[str, Any]:
@@ -547,6 +715,10 @@ def _screen(state: _State, text: str, prompt_limit: int, teacher: Any, contamina
     broken = broken_format(text, state.special_tokens)
     if broken:
         return "broken_format", broken
+    if config.script_check:
+        foreign = off_script(text, state.seed_scripts)
+        if foreign:
+            return "off_script", foreign
     toks = words(text)
     if len(toks) < config.min_words:
         return "too_short", f"{len(toks)} words"
@@ -554,6 +726,8 @@ def _screen(state: _State, text: str, prompt_limit: int, teacher: Any, contamina
         return "refusal", ""
     if is_assistant_voice(text):
         return "assistant_voice", ""
+    if state.request_check and not is_request(text):
+        return "not_a_request", ""
     if state.echo(text, toks):
         return "meta_prompt_echo", ""
     key = exact_key(text)
@@ -571,6 +745,12 @@ def _screen(state: _State, text: str, prompt_limit: int, teacher: Any, contamina
         num_tokens = len(encode_prompt(teacher.tokenizer, [{"role": "user", "content": text}]))
         if num_tokens > prompt_limit:
             return "too_long", f"{num_tokens} tokens > {prompt_limit}"
+    if state.word_range is not None and not state.word_range[0] <= len(toks) <= state.word_range[1]:
+        return "length_outlier", f"{len(toks)} words, outside {state.word_range[0]}-{state.word_range[1]} (the seeds' range x{config.length_range})"
+    if state.max_lines is not None:
+        lines = len([line for line in text.splitlines() if line.strip()])
+        if lines > state.max_lines:
+            return "length_outlier", f"{lines} lines, the seeds' at most x{config.length_range}: {state.max_lines}"
     near = state.near.query(text, toks)
     if near is not None:
         return "near_duplicate", f"{near[0]} jaccard={near[1]:.2f}"
@@ -579,6 +759,53 @@ def _screen(state: _State, text: str, prompt_limit: int, teacher: Any, contamina
         if gram is not None:
             return "contaminated", " ".join(gram)
     return None, ""
+
+
+def user_turn_ids(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
+    """(context, content) token ids of ``text`` as a user turn in the chat template: the content is
+    what the template with ``text`` has beyond the template with an empty message."""
+    full = encode_prompt(tokenizer, [{"role": "user", "content": text}])
+    empty = encode_prompt(tokenizer, [{"role": "user", "content": ""}])
+    head = 0
+    while head < min(len(full), len(empty)) and full[head] == empty[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(full), len(empty)) - head and full[-1 - tail] == empty[-1 - tail]:
+        tail += 1
+    return full[:head], full[head:len(full) - tail]
+
+
+def can_score(teacher: Any) -> bool:
+    """Whether the teacher returns log-probs of given text (not black-box; an endpoint only with
+    vLLM's prompt_logprobs)."""
+    return bool(getattr(teacher, "can_score", True)) and not teacher.fingerprint().get("black_box", False)
+
+
+def mean_token_logprobs(teacher: Any, texts: dict[str, str], timing: Counter) -> dict[str, float]:
+    """Mean log-prob per token of each text as a user turn, under the teacher (one scoring pass)."""
+    from distill.teachers.base import ScoreRequest
+
+    requests = []
+    for key, text in texts.items():
+        context, content = user_turn_ids(teacher.tokenizer, text)
+        requests.append(ScoreRequest(key=f"p-{key}", prompt_ids=tuple(context), response_ids=tuple(content)))
+    start = time.perf_counter()
+    means = {}
+    for out in teacher.score(requests, 1):
+        lp = np.asarray(out.sampled_logprobs, dtype=np.float64)
+        means[out.key[2:]] = float(lp.mean()) if lp.size else float("-inf")
+    timing["score_s"] += time.perf_counter() - start
+    return means
+
+
+def seed_logprob_floor(state: _State, teacher: Any) -> None:
+    """The improbability threshold: the seeds' 10th-percentile mean token log-prob minus the margin."""
+    config = state.config
+    if not config.improbable_filter or state.logprob_floor is not None or not can_score(teacher):
+        return
+    means = mean_token_logprobs(teacher, {s.id: s.prompt for s in state.seeds}, state.timing)
+    state.seed_logprob_p10 = round(float(np.percentile(list(means.values()), 10)), 4)
+    state.logprob_floor = state.seed_logprob_p10 - config.improbable_margin
 
 
 def _judge(state: _State, templates: Templates, teacher: Any, round_index: int, candidates: list[tuple[str, str]]) -> dict[str, float | None]:
@@ -630,7 +857,9 @@ def _run_round(state: _State, templates: Templates, teacher: Any, round_index: i
             f"{config.generation_max_tokens} generated tokens exceeds the teacher's context of {teacher.max_context} "
             "tokens; lower --generation-max-tokens or use shorter seeds/meta-prompt"
         )
-    params = SamplingParams(max_new_tokens=config.generation_max_tokens, temperature=config.temperature, top_p=config.top_p, top_k_logprobs=0)
+    schema = prompts_schema(config.prompts_per_request) if state.structured else None
+    params = SamplingParams(max_new_tokens=config.generation_max_tokens, temperature=config.temperature, top_p=config.top_p,
+                            top_k_logprobs=0, json_schema=schema)
     outputs = _timed_generate(teacher, requests, params, state.timing, "teacher_generate_s") if requests else {}
 
     counts: Counter[str] = Counter()
@@ -641,7 +870,7 @@ def _run_round(state: _State, templates: Templates, teacher: Any, round_index: i
     for request in requests:
         out = outputs[request.key]
         index, parent_ids = parents[request.key]
-        pieces = parse_prompts(_output_text(teacher, out))
+        pieces = parse_answer(_output_text(teacher, out), state.answer_prefix)
         for j, text in enumerate(pieces):
             num_candidates += 1
             if out.finish_reason == "length" and j == len(pieces) - 1 and text.strip():
@@ -658,6 +887,20 @@ def _run_round(state: _State, templates: Templates, teacher: Any, round_index: i
             pending[exact_key(text)] = cand_key
             state.near.add(cand_key, text)
             survivors.append((cand_key, text, parent_ids, index))
+
+    if state.logprob_floor is not None and survivors:
+        means = mean_token_logprobs(teacher, {k: t for k, t, _, _ in survivors}, state.timing)
+        kept = []
+        for cand_key, text, parent_ids, index in survivors:
+            if means[cand_key] < state.logprob_floor:
+                state.near.remove(cand_key)
+                pending.pop(exact_key(text), None)
+                counts["improbable"] += 1
+                rejected.append({"round": round_index, "reason": "improbable", "text": text, "parents": parent_ids,
+                                 "detail": f"mean log-prob {means[cand_key]:.2f} < {state.logprob_floor:.2f}"})
+            else:
+                kept.append((cand_key, text, parent_ids, index))
+        survivors = kept
 
     scores: dict[str, int | None] = {}
     if config.judge_threshold > 0 and survivors:
@@ -773,6 +1016,7 @@ def augment_prompts(
             print(f"warning: {suite_info['seeds_overlapping']} seed prompt(s) share a {config.decontaminate_ngram}-gram with suite {config.decontaminate}", file=sys.stderr)
 
     state = _State(config, seeds, templates, teacher)
+    seed_logprob_floor(state, teacher)
     fingerprint = run_fingerprint(config, templates, teacher, seeds, suite_sha)
     rounds_dir = Path(work_dir) / "rounds" if work_dir is not None else None
     resumed_rounds = 0
@@ -810,7 +1054,7 @@ def augment_prompts(
     from distill.dedup import diversity
 
     total_s = time.perf_counter() - wall_start
-    teacher_s = state.timing["teacher_generate_s"] + state.timing["judge_s"]
+    teacher_s = state.timing["teacher_generate_s"] + state.timing["judge_s"] + state.timing["score_s"]
     stats = {
         "seeds": len(seeds),
         "target": config.num_prompts,
@@ -826,6 +1070,16 @@ def augment_prompts(
         "stopped": "target_reached" if len(state.accepted) >= config.num_prompts else "round_budget_spent",
         "accepted_per_request": round(len(state.accepted) / state.requests, 4) if state.requests else 0.0,
         "judge_threshold": config.judge_threshold,
+        "filters": {
+            "seed_scripts": sorted(state.seed_scripts) if config.script_check else None,
+            "request_form": state.request_check,
+            "max_lines": state.max_lines,
+            "word_range": list(state.word_range) if state.word_range else None,
+            "improbable_floor": round(state.logprob_floor, 4) if state.logprob_floor is not None else None,
+            "seed_logprob_p10": state.seed_logprob_p10,
+            "structured_output": state.structured,
+            "answer_prefix": state.answer_prefix,
+        },
         "near_dup": {"shingle": config.shingle, "size": config.shingle_size, "threshold": config.near_dup_threshold, "num_perm": config.num_perm},
         "decontamination": suite_info,
         "diversity": diversity([r.prompt for r in state.accepted]),
@@ -833,6 +1087,7 @@ def augment_prompts(
         "timing_s": {
             "teacher_generate": round(state.timing["teacher_generate_s"], 4),
             "judge": round(state.timing["judge_s"], 4),
+            "score": round(state.timing["score_s"], 4),
             "bookkeeping": round(total_s - teacher_s, 4),
             "total": round(total_s, 4),
         },
@@ -903,7 +1158,7 @@ def summary_lines(stats: dict[str, Any]) -> list[str]:
     lines.append(f"  distinct-1/2/3: {div['distinct_1']:.3f} / {div['distinct_2']:.3f} / {div['distinct_3']:.3f}, mean length {div['mean_length_words']} words")
     t = stats["timing_s"]
     if t["total"] > 0:
-        lines.append(f"  time: {t['total']:.1f}s, teacher {100 * (t['teacher_generate'] + t['judge']) / t['total']:.1f}%")
+        lines.append(f"  time: {t['total']:.1f}s, teacher {100 * (t['teacher_generate'] + t['judge'] + t.get('score', 0)) / t['total']:.1f}%")
     return lines
 
 

@@ -137,7 +137,8 @@ def eval_command(ctx: click.Context, config_path: str | None, **params: Any) -> 
 @click.option("--samples", type=int, default=2, show_default=True, help="decoded sample rows to show")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="check every shard's sha256")
 def inspect_command(corpus_dirs: tuple[str, ...], as_json: bool, samples: int, verify: bool) -> None:
-    """Summarize a corpus (one dir, or several read as one): rows, tokens, k, size, fingerprints."""
+    """Summarize a corpus (one dir, or several read as one): rows, tokens, k, size, fingerprints,
+    augmentation yield per rejection reason; or a `distill augment` output folder's yield."""
     from distill.inspect import run
 
     run(list(corpus_dirs), as_json=as_json, samples=samples, verify=verify)

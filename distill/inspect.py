@@ -115,10 +115,43 @@ def sample_lines(corpus: Any, count: int, positions: int = 3) -> list[str]:
     return lines
 
 
-def run(paths: list[str], *, as_json: bool = False, samples: int = 2, verify: bool = True) -> dict[str, Any]:
-    """Print the summary (or JSON) of the corpus at ``paths``; returns the summary dict."""
-    from distill.corpus import open_corpus
+def augmentation_lines(aug: dict[str, Any]) -> list[str]:
+    """Prompt augmentation's yield: candidates -> accepted, and each rejection reason's share."""
+    candidates = max(int(aug.get("candidates") or 0), 1)
 
+    def share(n: int) -> str:
+        return f"{n} ({100 * n / candidates:.1f}%)"
+
+    lines = [f"augmentation  {aug['seeds']} seeds -> {aug['accepted']}/{aug['target']} synthetic prompts "
+             f"({aug['stopped'].replace('_', ' ')}, {aug['rounds']} rounds, {aug.get('requests', 0)} requests)",
+             f"  yield       {aug.get('candidates', 0)} candidates: accepted {share(aug['accepted'])}"
+             + (f", surplus {share(aug['surplus'])}" if aug.get("surplus") else "")]
+    rejected = sorted(((k, v) for k, v in aug["rejected"].items() if v), key=lambda kv: -kv[1])
+    lines.append("  rejected    " + (", ".join(f"{k} {share(v)}" for k, v in rejected) if rejected else "none"))
+    filters = aug.get("filters")
+    if filters:
+        floor = filters.get("improbable_floor")
+        lines.append(f"  filters     request form {'on' if filters.get('request_form') else 'off'}, scripts "
+                     f"{'/'.join(filters['seed_scripts']) if filters.get('seed_scripts') else 'any'}, words "
+                     f"{'-'.join(map(str, filters['word_range'])) if filters.get('word_range') else 'any'}, improbable below "
+                     f"{f'{floor:.2f} nats/token' if floor is not None else '(off)'}, structured output "
+                     f"{'on' if filters.get('structured_output') else 'off'}")
+    return lines
+
+
+def run(paths: list[str], *, as_json: bool = False, samples: int = 2, verify: bool = True) -> dict[str, Any]:
+    """Print the summary (or JSON) of the corpus at ``paths`` (or of a ``distill augment`` output
+    folder: its yield); returns the summary dict."""
+    from distill.corpus import open_corpus
+    from distill.corpus.schema import MANIFEST_NAME
+
+    if len(paths) == 1 and (Path(paths[0]) / "augment.json").is_file() and not (Path(paths[0]) / MANIFEST_NAME).is_file():
+        manifest = json.loads((Path(paths[0]) / "augment.json").read_text(encoding="utf-8"))
+        if as_json:
+            print(json.dumps(manifest["augmentation"], indent=2, ensure_ascii=False))
+        else:
+            print("\n".join([f"prompts       {Path(paths[0]) / 'prompts.jsonl'}"] + augmentation_lines(manifest["augmentation"])))
+        return manifest["augmentation"]
     corpus = open_corpus(paths, verify=verify)
     if verify:
         corpus.verify()
@@ -140,11 +173,8 @@ def run(paths: list[str], *, as_json: bool = False, samples: int = 2, verify: bo
         f"finish        {info['finish_reasons']}",
         f"ingest        duplicates collapsed {info['duplicates_collapsed']}, skipped {info['skipped'] or 'none'}",
     ]
-    aug = info["augmentation"]
-    if aug is not None:
-        rejected = ", ".join(f"{k} {v}" for k, v in aug["rejected"].items() if v) or "none"
-        lines.append(f"augmentation  {aug['seeds']} seeds -> {aug['accepted']}/{aug['target']} synthetic prompts "
-                     f"({aug['stopped'].replace('_', ' ')}, {aug['rounds']} rounds); rejected: {rejected}")
+    if info["augmentation"] is not None:
+        lines += augmentation_lines(info["augmentation"])
     div = info["diversity"]
     hist = div["length_words_histogram"]
     lines.append(f"diversity     distinct-1/2/3 {div['distinct_1']:.3f} / {div['distinct_2']:.3f} / {div['distinct_3']:.3f}, "

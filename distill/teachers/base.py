@@ -39,6 +39,9 @@ class SamplingParams:
     top_p: float = 1.0
     top_k_logprobs: int = 20  # 0: text and ids only (black-box teacher, or prompt augmentation)
     stop: tuple[str, ...] = ()
+    # A JSON Schema (JSON text) the answer must follow, for backends with structured output
+    # (``teacher.structured_output``); others ignore it and rely on the prompt.
+    json_schema: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -114,6 +117,10 @@ class Teacher(Protocol):
     tokenizer: Any
     max_context: int
     backend: str
+    # Capabilities (read with getattr and these defaults): whether ``score`` works (log-probs of
+    # given text), and whether ``SamplingParams.json_schema`` is enforced during decoding.
+    can_score: bool = True
+    structured_output: bool = False
 
     def fingerprint(self) -> dict[str, Any]:
         """Model id, revision or weights hash, backend and its version: goes into the manifest."""

@@ -451,6 +451,8 @@ class HFTeacher:
     """A local (or cached) Hugging Face causal LM as the teacher. The model loads on first use."""
 
     backend = "hf"
+    can_score = True
+    structured_output = False  # no constrained decoding here: the meta-prompt and the parser carry the output contract
 
     def __init__(self, model: str, *, name: str | None = None, revision: str | None = None, device: str = "auto",
                  dtype: str = "auto", batch_size: int = 8, max_context: int | None = None,

@@ -364,6 +364,16 @@ class OpenAITeacher:
         return cls(name=recipe.name or recipe.model, model=recipe.model, tokenizer=tokenizer, endpoint=endpoint,
                    max_context=int(recipe.max_context or 32768), revision=recipe.revision)
 
+    @property
+    def can_score(self) -> bool:
+        """Log-probs of given text need vLLM's prompt_logprobs extension and a non-black-box endpoint."""
+        return not self.black_box and self.endpoint.server == "vllm"
+
+    @property
+    def structured_output(self) -> bool:
+        """``response_format`` with a JSON schema: chat completions everywhere, completions on vLLM."""
+        return self.endpoint.api == "chat" or self.endpoint.server == "vllm"
+
     def fingerprint(self) -> dict[str, Any]:
         # What identifies the teacher, not where it is served: a corpus resumes against a moved
         # or restarted server. Never the key (this goes into the manifest).
@@ -412,6 +422,9 @@ class OpenAITeacher:
                     seed=int(request.seed) % (2**63))
         if params.stop:
             body["stop"] = list(params.stop)
+        if params.json_schema and self.structured_output:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "prompts", "schema": json.loads(params.json_schema), "strict": True}}
         where = f"{self.endpoint.base_url} request {request.key}"
         if self.endpoint.api == "completions":
             body["prompt"] = [int(i) for i in request.prompt_ids]

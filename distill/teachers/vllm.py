@@ -23,6 +23,7 @@ Across nodes use ``distributed_executor_backend: ray`` for one big TP/PP engine,
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -226,6 +227,10 @@ def default_engine_factory(kwargs: dict[str, Any]) -> Any:
 def vllm_sampling_params(**kwargs: Any) -> Any:
     import vllm
 
+    if isinstance(kwargs.get("structured_outputs"), dict):
+        from vllm.sampling_params import StructuredOutputsParams
+
+        kwargs["structured_outputs"] = StructuredOutputsParams(**kwargs["structured_outputs"])
     return vllm.SamplingParams(**kwargs)
 
 
@@ -296,6 +301,8 @@ class VLLMTeacher:
     """See the module docstring. Build with ``from_recipe``; the engine starts on first use."""
 
     backend = "vllm"
+    can_score = True
+    structured_output = True  # SamplingParams.json_schema -> vLLM structured outputs (guided decoding)
 
     def __init__(self, name: str, model: str, tokenizer: Any, tokenizer_source: str, config: VLLMEngineConfig,
                  max_context: int, revision: str | None = None,
@@ -442,6 +449,9 @@ class VLLMTeacher:
             if params.stop:
                 # Stop strings need detokenized text; without them ids alone suffice.
                 kw["stop"] = list(params.stop)
+            if params.json_schema:
+                # guided decoding: the answer is held to the schema (a JSON array of prompts)
+                kw["structured_outputs"] = {"json": json.loads(params.json_schema)}
             items.append((r.key, ids, kw, None))
         return self._run(items, k, score=False)
 

@@ -7,6 +7,7 @@ tests also check that augmentation never depends on the order outputs arrive in.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from typing import Any, Callable, Iterator, Sequence
@@ -39,6 +40,7 @@ class FakeTeacher:
         self.name = name
         self.calls: list[tuple[int, SamplingParams]] = []
         self.generated_requests = 0
+        self.scored = 0
 
     def fingerprint(self) -> dict[str, Any]:
         return {"model": self.name, "backend": self.backend}
@@ -61,8 +63,23 @@ class FakeTeacher:
                 topk_ids=None, topk_logprobs=None, sampled_logprobs=None, finish_reason=finish, text=text,
             )
 
-    def score(self, requests, top_k):  # pragma: no cover - not used by augmentation
-        raise NotImplementedError
+    def score(self, requests, top_k):
+        """Log-probs of given text for the improbability filter: each token costs 1 nat per
+        lower-case letter or space and 4 per other character (upper case, digits, symbols), so
+        shouting gibberish is improbable and ordinary prose is not."""
+        self.scored += len(requests)
+        for request in reversed(list(requests)):
+            lps = []
+            for token_id in request.response_ids:
+                piece = self.tokenizer.decode([int(token_id)]) or " "
+                lps.append(-sum(1.0 if c.islower() or c == " " else 4.0 for c in piece) / len(piece))
+            sampled = np.asarray(lps, dtype=np.float32)
+            yield TeacherOutput(
+                key=request.key, prompt_ids=np.asarray(request.prompt_ids, dtype=np.int32),
+                response_ids=np.asarray(request.response_ids, dtype=np.int32),
+                topk_ids=np.asarray(request.response_ids, dtype=np.int32)[:, None], topk_logprobs=sampled[:, None],
+                sampled_logprobs=sampled, finish_reason="stop",
+            )
 
     def load(self, score: bool = False) -> None:
         pass
@@ -108,5 +125,10 @@ def random_responder(per_request: int = 3) -> Callable[..., str]:
 
 
 def examples_in(prompt_text: str) -> list[str]:
-    """The few-shot examples rendered into a meta-prompt."""
-    return re.findall(r"^Prompt: (.*)$", prompt_text, flags=re.MULTILINE)
+    """The few-shot examples rendered into a meta-prompt: "Prompt: ..." lines, or the JSON array
+    of the default meta-prompt ({examples_json})."""
+    found = re.findall(r"^Prompt: (.*)$", prompt_text, flags=re.MULTILINE)
+    if found:
+        return found
+    match = re.search(r"^\[\n.*?\n\]$", prompt_text, flags=re.MULTILINE | re.DOTALL)
+    return json.loads(match.group(0)) if match else []

@@ -106,6 +106,16 @@ PLANTED = [
     ("Describe the water cycle to a ten year old using a story about a raindrop.", None),
     ("Ada has 12 apples and Bo has 30. Ada buys 5 apples on Monday. How many apples does Ada have now?", None),
     ("Cy has 47 apples and Di has 8. Cy buys 13 apples on Monday. How many apples does Cy have now?", None),
+    ("\u041e\u043f\u0438\u0448\u0438\u0442\u0435 \u043a\u0440\u0443\u0433\u043e\u0432\u043e\u0440\u043e\u0442 \u0432\u043e\u0434\u044b \u0434\u043b\u044f \u0440\u0435\u0431\u0451\u043d\u043a\u0430 please.", "off_script"),
+    ("Tell me why the sky is blue and why the sea is blue and why the grass is green and why the sun is hot "
+     "and why the moon is cold at night and why owls hunt in the dark", "length_outlier"),
+    ("Write ZQX VRKT PLMW GHJQ KLNX BRRT WXYZ QQRP", "improbable"),
+    ("The weather was lovely in the park yesterday afternoon.", "not_a_request"),
+    ("Sushi rolls: what makes the rice sticky, and why is it seasoned with vinegar?", None),
+    ("How many legs does a spider have?\nAnswer: eight legs", "assistant_voice"),
+    ("Why do cats purr when they are happy?\nThis prompt asks about animal behaviour.", "assistant_voice"),
+    ("Why do owls hunt at night?\nWhy do bats sleep upside down?", "length_outlier"),
+    ("Explain how \u03c0 relates a circle's circumference to its diameter, with one worked example.", None),
     ("Tell me about the history of", "truncated"),
 ]
 
@@ -261,7 +271,7 @@ def test_judge_keeps_prompts_at_or_above_threshold(tokenizer):
     good = "Explain photosynthesis to a curious seven year old, excellent detail please."
     fine = "Write a four line poem about a lost umbrella on a windy day."
     poor = "Describe something about stuff and things in general, poor request."
-    garbled = "Garbled words tumble here without any clear question in them at all."
+    garbled = "Garbled words tumble here: is there any clear question in them at all?"
 
     def respond(prompt_text, request, params):
         if "Reply with the score only" in prompt_text:
@@ -390,9 +400,9 @@ def test_meta_prompt_placeholders_validated(tokenizer):
         resolve_templates(cfg(meta_prompt="{examples} and a stray { brace"))
     # A valid override is used; literal braces are allowed escaped.
     template = "JSON like {{\"a\": 1}} then:\n{examples}\nMore please."
-    teacher = FakeTeacher(tokenizer, lambda text, *_: f"Prompt: Seen {text.count('JSON like {')} braces in the meta prompt here.")
+    teacher = FakeTeacher(tokenizer, lambda text, *_: f"Prompt: Count the {text.count('JSON like {')} braces in the meta prompt here.")
     result = augment_prompts(teacher, make_seeds(), cfg(num_prompts=1, few_shot=1, max_rounds=1, meta_prompt=template))
-    assert result.records[0].prompt == "Seen 1 braces in the meta prompt here."
+    assert result.records[0].prompt == "Count the 1 braces in the meta prompt here."
     assert resolve_templates(cfg()).meta_prompt == DEFAULT_META_PROMPT
 
 
@@ -485,3 +495,74 @@ def test_assistant_voice_anywhere(text, voice):
     from distill.augment import is_assistant_voice
 
     assert is_assistant_voice(text) is voice
+
+
+# --------------------------------------------------------------------------------------------
+# the output contract and the seed-relative filters
+
+
+def test_json_answers_complete_partial_and_primed():
+    from distill.augment import JSON_ANSWER_PREFIX, parse_answer, render_meta_prompt
+
+    # what a primed small model writes: the rest of the array, labels and numbers inside strings
+    assert parse_answer('4. What is 7 cubed?", "Prompt 2: Name a red fruit.", "Why is snow white?"]', JSON_ANSWER_PREFIX) == [
+        "What is 7 cubed?", "Name a red fruit.", "Why is snow white?"]
+    # cut off by the token budget: the complete strings, then the unfinished one (counted truncated)
+    assert parse_answer('Explain tides.", "List three birds.", "What is the capi', JSON_ANSWER_PREFIX) == [
+        "Explain tides.", "List three birds.", "What is the capi"]
+    # a model that ignores the priming is read as whatever it wrote
+    assert parse_answer("Prompt: Name a planet.\nPrompt: Define gravity.", JSON_ANSWER_PREFIX) == ["Name a planet.", "Define gravity."]
+    # an array that breaks off into prose keeps its complete strings
+    assert parse_prompts('["Why do cats purr?", "How do bees fly?"\nThese are two questions.') == ["Why do cats purr?", "How do bees fly?"]
+    rendered = render_meta_prompt("{examples_json}", ['Say "hi".', "Add 2 and 3."], 5)
+    assert json.loads(rendered) == ['Say "hi".', "Add 2 and 3."]
+
+
+def test_request_script_and_length_rules():
+    from distill.augment import is_request, off_script
+
+    assert is_request("What is 7 cubed?") and is_request("Omar has 7 books. Count the books he has left.")
+    assert is_request("Please plan a trip to Lisbon.") and is_request("Can you list three birds.")
+    assert not is_request("The weather was lovely in the park.") and not is_request("Gold is a precious metal.")
+    assert off_script("Опишите круговорот воды для ребёнка", {"LATIN"}) == "CYRILLIC 31"
+    assert off_script("Explain how \u03c0 relates a circle's circumference to its diameter.", {"LATIN"}) is None
+    assert off_script("Translate 'good morning' into Japanese: おはよう", {"LATIN"}) is not None
+    assert off_script("Опишите", {"LATIN", "CYRILLIC"}) is None
+
+
+def test_request_rule_follows_the_seeds(tokenizer):
+    """--request-form auto applies the English request rule only when the seeds follow it."""
+    statements = ["The quick brown fox jumps over the lazy dog near the river bank today.",
+                  "A short note about the weather in the mountains during the early spring.",
+                  "Our team shipped the new release after three weeks of careful testing work."]
+    out = "Prompt: The old lighthouse keeper painted the stairs a bright shade of blue last summer."
+    for seeds, expected in ((make_seeds(statements), 1), (make_seeds(), 0)):
+        teacher = FakeTeacher(tokenizer, lambda *_: out)
+        result = augment_prompts(teacher, seeds, cfg(num_prompts=1, few_shot=1, requests_per_round=1, max_rounds=1))
+        assert result.stats["accepted"] == expected, result.stats["rejected"]
+        assert result.stats["filters"]["request_form"] is (expected == 0)
+    teacher = FakeTeacher(tokenizer, lambda *_: out)
+    forced = augment_prompts(teacher, make_seeds(statements), cfg(num_prompts=1, few_shot=1, requests_per_round=1, max_rounds=1,
+                                                                  request_form="on"))
+    assert forced.stats["rejected"]["not_a_request"] == 1
+
+
+def test_structured_output_in_http_bodies():
+    """response_format goes where the endpoint supports it: chat everywhere, completions on vLLM."""
+    from distill.augment import prompts_schema
+    from distill.teachers.base import GenerationRequest, SamplingParams
+    from distill.teachers.openai_http import EndpointConfig, OpenAITeacher, TokenMap
+
+    schema = prompts_schema(5)
+    request = GenerationRequest("a", (1, 2), seed=7, messages=({"role": "user", "content": "hi"},))
+    params = SamplingParams(max_new_tokens=8, top_k_logprobs=0, json_schema=schema)
+    for server, api, expected in (("vllm", "completions", True), ("openai", "chat", True), ("openai", "completions", False),
+                                  ("sglang", "completions", False)):
+        teacher = OpenAITeacher("t", "m", tokenizer=None, max_context=64,
+                                endpoint=EndpointConfig(base_url="http://127.0.0.1:1/v1", server=server, api=api))
+        teacher.token_map = TokenMap(None)
+        body = teacher._generation_job(request, params, 0).body
+        assert ("response_format" in body) is expected and teacher.structured_output is expected
+        if expected:
+            assert body["response_format"]["json_schema"]["schema"] == json.loads(schema)
+        assert teacher.can_score is (server == "vllm")

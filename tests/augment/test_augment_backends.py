@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from distill.augment import AugmentConfig, augment_prompts
+from distill.augment import AugmentConfig, augment_prompts, prompts_schema
 from distill.cli import main
 from tests.augment.fake_teacher import FakeTeacher, random_responder
 from tests.augment.test_augment import SEED_TEXTS, make_seeds
@@ -131,8 +131,11 @@ def test_http_backend_round_trip(tiny_teacher_dir):
             recipe = TeacherRecipe.from_mapping({"name": "http-tiny", "model": str(tiny_teacher_dir), "max_context": 512,
                                                  "endpoint": {"base_url": server.base_url, "concurrency": 4}})
             teacher = OpenAITeacher.from_recipe(recipe)
+            # the server writes random tokens: the shape filters would reject them all, so they
+            # are off; the improbability filter runs (scores from the server's prompt_logprobs)
             config = AugmentConfig(num_prompts=50, few_shot=2, requests_per_round=4, max_rounds=2, generation_max_tokens=24,
-                                   max_new_tokens=64, seed=3, progress=False)
+                                   max_new_tokens=64, seed=3, progress=False, request_form="off", length_range=0,
+                                   script_check=False)
             try:
                 return augment_prompts(teacher, make_seeds(), config, recipe=recipe)
             finally:
@@ -142,7 +145,7 @@ def test_http_backend_round_trip(tiny_teacher_dir):
     stats = first.stats
     assert stats["requests"] == 8 and stats["candidates"] >= 8
     assert stats["accepted"] + stats["rejected_total"] + stats["surplus"] == stats["candidates"]
-    assert stats["accepted"] > 0
+    assert stats["accepted"] > 0 and stats["filters"]["improbable_floor"] is not None
     assert [(r.id, r.origin) for r in first.records] == [(r.id, r.origin) for r in second.records]
 
 
@@ -162,9 +165,14 @@ def test_vllm_backend_round_trip(tiny_tokenizer_dir):
         config = AugmentConfig(num_prompts=50, few_shot=2, requests_per_round=4, max_rounds=2, min_words=1, seed=4, progress=False)
         return augment_prompts(teacher, make_seeds(), config, recipe=None)
 
-    FakeEngine.calls = []
+    FakeEngine.calls, FakeEngine.params = [], []
     first, second = once(), once()
-    assert FakeEngine.calls == [4, 4, 4, 4]
+    # per run: the 4 seeds scored once (the improbability threshold), then 2 rounds of 4 requests,
+    # each held to the JSON-array schema by guided decoding; no random-token candidate survives
+    # the screens, so no candidate is scored
+    assert FakeEngine.calls == [4, 4, 4] * 2
+    generation = [p for p in FakeEngine.params if not p.get("prompt_logprobs")]
+    assert len(generation) == 16 and all(p["structured_outputs"] == {"json": json.loads(prompts_schema(5))} for p in generation)
     stats = first.stats
     assert stats["requests"] == 8 and stats["accepted"] + stats["rejected_total"] + stats["surplus"] == stats["candidates"] >= 8
     assert [r["text"] for r in first.rejected] == [r["text"] for r in second.rejected]

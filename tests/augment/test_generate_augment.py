@@ -90,6 +90,14 @@ def test_generate_augment_then_inspect(tmp_path, tiny_teacher_dir, monkeypatch):
     assert sum(info["diversity"]["length_words_histogram"]["counts"]) == 14
     human = CliRunner().invoke(main, ["inspect", str(out), "--samples", "0"]).output
     assert "augmentation  4 seeds -> 10/10 synthetic prompts" in human and "distinct-1/2/3" in human
+    candidates = aug["candidates"]
+    assert f"yield       {candidates} candidates: accepted 10 ({100 * 10 / candidates:.1f}%)" in human
+    assert "filters     request form on, scripts LATIN" in human
+    for reason, n in aug["rejected"].items():  # each reason's share of the candidates
+        assert not n or f"{reason} {n} ({100 * n / candidates:.1f}%)" in human
+    # the augmentation folder alone: its yield
+    alone = CliRunner().invoke(main, ["inspect", str(out / "augment")])
+    assert alone.exit_code == 0 and f"yield       {candidates} candidates" in alone.output, alone.output
 
     # Synthetic rows carry their lineage into the corpus.
     from distill.corpus import open_corpus

@@ -368,3 +368,45 @@ def test_engine_call_shapes_match_vllm_llm():
     init = inspect.signature(LLM.__init__)
     for name in ("tensor_parallel_size", "dtype", "gpu_memory_utilization", "seed", "revision", "tokenizer"):
         assert name in init.parameters, name
+
+
+def test_structured_output_reaches_vllm_as_guided_decoding():
+    """Augmentation's output contract (a JSON array of prompts): the offline engine gets a real
+    StructuredOutputsParams with our schema; the HTTP bodies (completions on a vLLM server, chat)
+    parse with vLLM's own request models into the same constraint."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    from vllm.sampling_params import StructuredOutputsParams
+
+    from distill.augment import prompts_schema
+    from distill.teachers.openai_http import EndpointConfig, OpenAITeacher, TokenMap
+
+    made = []
+
+    class Engine:
+        def generate(self, prompts, params, use_tqdm):
+            made.extend(params)
+            return [RequestOutput(str(i), None, p["prompt_token_ids"], None,
+                                  [CompletionOutput(0, "", [4, 5], None, None, finish_reason="stop")], True)
+                    for i, p in enumerate(prompts)]
+
+    schema = prompts_schema(5)
+    teacher = VLLMTeacher("t", "m", tokenizer=None, tokenizer_source="m", config=VLLMEngineConfig(max_model_len=64),
+                          max_context=64, engine_factory=lambda kw: Engine())
+    list(teacher.generate([GenerationRequest("a", (1, 2), seed=7)],
+                          SamplingParams(max_new_tokens=8, top_k_logprobs=0, json_schema=schema)))
+    (params,) = made
+    assert isinstance(params, vllm.SamplingParams) and isinstance(params.structured_outputs, StructuredOutputsParams)
+    assert params.structured_outputs.json == json.loads(schema)
+
+    for api, request_model in (("completions", CompletionRequest), ("chat", ChatCompletionRequest)):
+        http = OpenAITeacher("t", "m", tokenizer=None, endpoint=EndpointConfig(base_url="http://127.0.0.1:1/v1", api=api),
+                             max_context=64)
+        http.token_map = TokenMap(None)
+        job = http._generation_job(GenerationRequest("a", (1, 2), seed=7, messages=({"role": "user", "content": "hi"},)),
+                                   SamplingParams(max_new_tokens=8, top_k_logprobs=0, json_schema=schema), 0)
+        request = request_model.model_validate(job.body)
+        constraint = request.to_sampling_params(8, {}).structured_outputs if api == "completions" else None
+        assert job.body["response_format"]["json_schema"]["schema"] == json.loads(schema)
+        if constraint is not None:
+            assert constraint.json == json.loads(schema)

@@ -93,6 +93,17 @@ def completion_payload(request: dict[str, Any], vocab_size: int, eos_id: int) ->
             top.append(step)
         choice["logprobs"] = {"text_offset": list(range(length)), "token_logprobs": token_logprobs,
                               "tokens": tokens, "top_logprobs": top}
+    n = request.get("prompt_logprobs")
+    if n:
+        # vLLM's score extension: entry t is the distribution that predicted prompt token t (entry 0
+        # None); JSON keys are token ids; the given token joins the top n when it is not among them.
+        entries: list[Any] = [None]
+        for t in range(1, len(prompt)):
+            given = {str(prompt[t]): {"logprob": -1.0 - (prompt[t] % 5), "rank": 1 + prompt[t] % 7, "decoded_token": None}}
+            top = {str((prompt[t] + 11 * (j + 1)) % vocab_size): {"logprob": -0.5 - 0.25 * j, "rank": j + 1, "decoded_token": None}
+                   for j in range(int(n))}
+            entries.append({**top, **given})
+        choice["prompt_logprobs"] = entries
     return {"id": "cmpl-test", "object": "text_completion", "created": 0, "model": request.get("model", "m"),
             "choices": [choice], "usage": {"prompt_tokens": len(prompt), "completion_tokens": length,
                                            "total_tokens": len(prompt) + length}}

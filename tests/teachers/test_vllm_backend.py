@@ -61,16 +61,24 @@ class FakeEngine:
     """Answers deterministically from (prompt, seed): tokens, and k+1 candidates per position."""
 
     calls: list = []
+    params: list = []
 
     def __init__(self, kwargs):
         self.kwargs = kwargs
 
     def generate(self, prompts, params, use_tqdm):
         FakeEngine.calls.append(len(prompts))
+        FakeEngine.params.extend(params)
         outs = []
         for i, (prompt, p) in enumerate(zip(prompts, params)):
             ids = prompt["prompt_token_ids"]
             assert len(ids) < self.kwargs["max_model_len"], "an over-length prompt reached the engine"
+            if p.get("prompt_logprobs"):  # score mode: the given token and k candidates at each position
+                k = p["prompt_logprobs"]
+                scored = [None] + [{**{2000 + j: Logprob(-0.5 - 0.1 * j, j + 1) for j in range(k)},
+                                    tok: Logprob(-1.0 - tok % 3, 40)} for tok in ids[1:]]
+                outs.append(Output(str(i), ids, scored, [Completion(0, "", [0], None, None, "length")]))
+                continue
             rng = np.random.default_rng([p["seed"], *ids])
             n = min(p["max_tokens"], 5)
             tokens = [int(t) for t in rng.integers(0, 300, size=n)]
