@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import io
+import json
 import os
 import platform
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -151,7 +153,7 @@ def measure(name: str, rows, student, lines: list[str]) -> None:
     import pyarrow.parquet as pq
 
     from distill.corpus import CorpusRow, CorpusWriter, open_corpus
-    from distill.corpus.encoding import encode_logprobs, encode_topk_logprobs
+    from distill.corpus.encoding import Grid, encode_logprobs, encode_topk_logprobs
     from tests.tiny import make_tokenizer
 
     num_tokens = sum(len(r["response_ids"]) for _, r in rows)
@@ -168,8 +170,8 @@ def measure(name: str, rows, student, lines: list[str]) -> None:
             {"i": lists(ids, np.int32), "l": lists(lps, np.float32), "s": lists(sampled, np.float32)}, {"i": bss, "l": bss, "s": bss}),
     }
     for scale in (256, 512, 1024):
-        codes = [encode_topk_logprobs(lp, scale) for lp in lps]
-        scodes = [encode_logprobs(s, scale) for s in sampled]
+        codes = [encode_topk_logprobs(lp, Grid(scale)) for lp in lps]
+        scodes = [encode_logprobs(s, Grid(scale)) for s in sampled]
         options[f"int32 ids DELTA_BINARY_PACKED + delta codes 1/{scale} nat, zstd"] = parquet_bytes(
             {"i": lists(ids, np.int32), "l": lists(codes, np.int32), "s": lists(scodes, np.int32)},
             {"i": "DELTA_BINARY_PACKED", "l": bss, "s": bss})
@@ -193,7 +195,7 @@ def measure(name: str, rows, student, lines: list[str]) -> None:
               "| --- | --- | --- | --- | --- | --- |"]
     from distill.corpus.encoding import decode_topk_logprobs
     for scale in (256, 512, 1024):
-        stored = [decode_topk_logprobs(encode_topk_logprobs(lp, scale), K, scale) for lp in lps]
+        stored = [decode_topk_logprobs(encode_topk_logprobs(lp, Grid(scale)), K, Grid(scale)) for lp in lps]
         stored_kl = np.concatenate([forward_kl(lp, s) for lp, s in zip(stored, student)])
         diff = np.abs(stored_kl - exact_kl)
         lines.append(f"| {scale} | {exact_kl.mean():.6f} | {stored_kl.mean():.6f} | {abs(stored_kl.mean() - exact_kl.mean()):.2e} | "
@@ -214,7 +216,7 @@ def measure(name: str, rows, student, lines: list[str]) -> None:
         out = os.path.join(tmp, "corpus")
         per_shard = 256
         num_shards = -(-len(corpus_rows) // per_shard)
-        writer = CorpusWriter(out, identity={"bench": name}, num_shards=num_shards, top_k=K)
+        writer = CorpusWriter(out, identity={"bench": name}, num_shards=num_shards, top_k=K, logprob_alpha=0.0)
         writer.start()
         for j in range(num_shards):
             writer.write_shard(j, corpus_rows[j * per_shard:(j + 1) * per_shard])
@@ -231,13 +233,108 @@ def measure(name: str, rows, student, lines: list[str]) -> None:
         back = {r.id: r for r in corpus.iter_rows()}
         worst = max(float(np.abs(back[c.id].topk_logprobs - c.topk_logprobs).max()) for c in corpus_rows)
         ids_equal = all(np.array_equal(back[c.id].topk_ids, c.topk_ids) for c in corpus_rows)
-        lines += ["", f"Full corpus written by `CorpusWriter` (schema v1, logprob_scale {manifest['encoding']['logprob_scale']}, "
+        lines += ["", f"Full corpus written by `CorpusWriter` (uniform grid as schema v1, logprob_scale {manifest['encoding']['logprob_scale']}, "
                   f"{num_shards} shards): **{manifest['bytes'] / num_tokens:.2f} bytes per response token** "
                   f"({manifest['bytes']} bytes; read back: ids identical {ids_equal}, max |log-prob error| {worst:.2e}).", "",
                   "| column | B/token |", "| --- | --- |"]
         lines += [f"| {k} | {v / num_tokens:.2f} |" for k, v in sorted(per_column.items(), key=lambda kv: -kv[1])]
         lines += [f"| (footers, page headers) | {(manifest['bytes'] - sum(per_column.values())) / num_tokens:.2f} |", ""]
     print("\n".join(lines[-12:]), flush=True)
+
+
+REAL_GRIDS = [(512, 0.0), (512, 0.5), (512, 0.75), (512, 1.0), (1024, 1.0)]
+
+
+def exact_rows(corpus_dir: str, teacher_dir: str):
+    """The corpus's rows with their top-k log-probs recomputed by a full forward pass of the
+    teacher (float32, no quantization): the exact values every grid is compared with."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from distill.corpus import open_corpus
+
+    model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
+    rows = []
+    for row in open_corpus(corpus_dir).iter_rows():
+        full = torch.tensor([list(row.prompt_ids) + list(row.response_ids)])
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(model(full).logits[0].float(), -1)
+        start = len(row.prompt_ids) - 1
+        step = logprobs[start:start + len(row.response_ids)]
+        values, ids = step.topk(row.topk_ids.shape[1], dim=-1)
+        sampled = step.gather(1, torch.from_numpy(row.response_ids.astype(np.int64))[:, None])[:, 0]
+        rows.append(dataclasses.replace(row, topk_ids=ids.to(torch.int32).numpy(), topk_logprobs=values.numpy(),
+                                        sampled_logprobs=sampled.numpy()))
+    return rows
+
+
+def student_logprobs(rows, student_dir: str) -> list[np.ndarray]:
+    """A student's log-probs at the teacher's top-k ids, position by position."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32).eval()
+    out = []
+    for row in rows:
+        full = torch.tensor([list(row.prompt_ids) + list(row.response_ids)])
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(model(full).logits[0].float(), -1)
+        start = len(row.prompt_ids) - 1
+        out.append(logprobs[start:start + len(row.response_ids)].gather(1, torch.from_numpy(row.topk_ids.astype(np.int64))).numpy())
+    return out
+
+
+def measure_real(corpus_dir: str, teacher_dir: str, students: dict[str, str], lines: list[str]) -> None:
+    """Bytes per response token of the real teacher's corpus on each log-prob grid, and the
+    forward KL error of the stored values against students of the teacher."""
+    import pyarrow.parquet as pq
+
+    from distill.corpus import CorpusWriter, open_corpus
+    from distill.corpus.encoding import Grid
+
+    rows = exact_rows(corpus_dir, teacher_dir)
+    num_tokens = sum(len(r.response_ids) for r in rows)
+    k = rows[0].topk_ids.shape[1]
+    exact = np.concatenate([r.topk_logprobs for r in rows]).astype(np.float64)
+    qs = {name: np.concatenate(student_logprobs(rows, path)).astype(np.float64) for name, path in students.items()}
+    exact_kl = {name: forward_kl(exact, q) for name, q in qs.items()}
+    source = json.loads((Path(corpus_dir) / "manifest.json").read_text())
+    lines += [f"### Real teacher: SmolLM2-135M-Instruct (vocab 49152), its own corpus: {len(rows)} rows, {num_tokens} response tokens, k={k}", "",
+              f"Corpus `distill generate` wrote from the 111 seeds of `tests/real/data/seeds.jsonl` (generation "
+              f"{json.dumps(source.get('generation', {}), sort_keys=True)}). Each row's top-{k} log-probs recomputed by a full "
+              "float32 forward pass (the exact values), then written by `CorpusWriter` on each grid. KL = forward "
+              "KL(teacher || student) over top-k + tail, per token; students: "
+              + ", ".join(f"{n} (exact mean KL {exact_kl[n].mean():.3f})" for n in students) + ".", "",
+              "| grid (scale, alpha) | full corpus B/token | top-k log-prob codes B/token | top-k ids B/token | "
+              + " | ".join(f"KL error vs {n}: mean abs per token / of the mean" for n in students) + " | max abs log-prob error |",
+              "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in students) + " | ---: |"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for scale, alpha in REAL_GRIDS:
+            out = os.path.join(tmp, f"g{scale}-{alpha}")
+            writer = CorpusWriter(out, identity={"bench": "real"}, num_shards=1, top_k=k, logprob_scale=scale, logprob_alpha=alpha)
+            writer.start()
+            writer.write_shard(0, rows)
+            manifest = writer.finish()
+            meta = pq.ParquetFile(os.path.join(out, manifest["shards"][0]["path"])).metadata
+            per_column: dict[str, int] = {}
+            for g in range(meta.num_row_groups):
+                for c in range(meta.num_columns):
+                    col = meta.row_group(g).column(c)
+                    key = col.path_in_schema.split(".")[0]
+                    per_column[key] = per_column.get(key, 0) + col.total_compressed_size
+            back = np.concatenate([r.topk_logprobs for r in open_corpus(out).iter_rows()]).astype(np.float64)
+            cells = []
+            for name, q in qs.items():
+                stored_kl = forward_kl(back, q)
+                diff = np.abs(stored_kl - exact_kl[name])
+                cells.append(f"{diff.mean():.1e} / {abs(stored_kl.mean() - exact_kl[name].mean()):.1e}")
+            label = f"{scale}, {alpha}" + (" (v1's uniform grid)" if alpha == 0 else "") + (" **(default)**" if (scale, alpha) == (512, 0.5) else "")
+            lines.append(f"| {label} | {manifest['bytes'] / num_tokens:.2f} | {per_column['topk_logprob_codes'] / num_tokens:.2f} | "
+                         f"{per_column['topk_ids'] / num_tokens:.2f} | " + " | ".join(cells) + f" | {np.abs(back - exact).max():.3f} |")
+            print(lines[-1], flush=True)
+    lines.append("")
 
 
 def main() -> None:
@@ -247,6 +344,11 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--kl-tokens", type=int, default=100_000, help="random model: tokens the student scores for the KL check")
     parser.add_argument("--skip-random", action="store_true", help="only the synthetic distribution (fast)")
+    parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument("--real-corpus", help="a corpus of the real teacher (SmolLM2-135M-Instruct, distill generate): "
+                        "measure it on each log-prob grid")
+    parser.add_argument("--student", action="append", default=[], metavar="NAME=DIR",
+                        help="students for the real corpus's KL error (repeatable)")
     parser.add_argument("--out")
     args = parser.parse_args()
     import torch
@@ -260,8 +362,17 @@ def main() -> None:
         rows, student = random_model_rows(args.tokens, args.batch, args.new_tokens, args.kl_tokens)
         measure("Random-init Qwen2 teacher (vocab 151936), sampled at T=1 through the HF capture path — worst case for ids",
                 rows, student, lines)
-    rows, student = synthetic_rows(args.tokens)
-    measure("Synthetic trained-like distribution (Zipf id prior, dominant token, 0.1-5% tail)", rows, student, lines)
+    if not args.skip_synthetic:
+        rows, student = synthetic_rows(args.tokens)
+        measure("Synthetic trained-like distribution (Zipf id prior, dominant token, 0.1-5% tail)", rows, student, lines)
+    if args.real_corpus:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("real_teacher", Path(__file__).resolve().parents[1] / "scripts" / "real_teacher.py")
+        real_teacher = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(real_teacher)
+        students = dict(s.split("=", 1) for s in args.student)
+        measure_real(args.real_corpus, str(real_teacher.build()), students, lines)
     lines.append(f"Total bench time {time.time() - start:.0f} s.")
     report = "\n".join(lines) + "\n"
     print(report)

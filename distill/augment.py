@@ -49,6 +49,7 @@ import numpy as np
 from distill.atomic import atomic_write_text
 from distill.config import ConfigError, bad, field
 from distill.lock import FolderLock
+from distill.stop import STOP
 from distill.prompts import PromptRecord, encode_prompt, normalize_text, prompt_hash
 from distill.teachers import Backend, TeacherRecipe
 
@@ -690,8 +691,13 @@ def _timed_generate(teacher: Any, requests: list, params: Any, timing: Counter, 
     """Run teacher.generate, timing only the time spent inside the teacher's iterator."""
     outputs: dict[str, Any] = {}
     start = time.perf_counter()
-    for out in teacher.generate(requests, params):
+    stream = teacher.generate(requests, params)
+    for out in stream:
         outputs[out.key] = out
+        if STOP.requested:  # the round in flight is dropped; finished rounds are on disk
+            if hasattr(stream, "close"):
+                stream.close()
+            raise STOP.preempted("augmentation: the round in flight dropped, finished rounds kept")
     timing[label] += time.perf_counter() - start
     missing = [r.key for r in requests if r.key not in outputs]
     if missing:

@@ -71,6 +71,9 @@ def main(ctx: click.Context, debug: bool) -> None:
     resume); docs/cli.md.
     """
     ctx.obj = {"debug": debug}
+    from distill.stop import STOP
+
+    STOP.install()  # SIGTERM (docker stop, SageMaker stop/spot, Kubernetes eviction): stop at a safe point, exit 75
 
 
 @main.command("generate")

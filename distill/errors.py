@@ -17,8 +17,8 @@ code  name                  meaning, and what a scheduler should do
 7     NOTHING_TO_DO         no new input since the last run: nothing was done
 74    IO_ERROR              the system refused: permission denied, disk full, file too large; fix
                             the storage and rerun (what was written stays resumable)
-75    PREEMPTED             stopped by SIGTERM/SIGINT after saving a resumable state; rerun the
-                            same command to continue (75 is EX_TEMPFAIL: "try again")
+75    PREEMPTED             stopped by SIGTERM after saving a resumable state; rerun the same
+                            command (train: with --resume) to continue (75 is EX_TEMPFAIL: "try again")
 ====  ====================  ==============================================================
 
 A user-facing failure is a ``DistillError`` subclass carrying its code; the CLI prints its
@@ -54,7 +54,7 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.LOCK_HELD: "another process holds the lock on the output folder or store",
     ExitCode.NOTHING_TO_DO: "nothing new to do",
     ExitCode.IO_ERROR: "the system refused a read or write: permission denied, disk full, file too large (resumable)",
-    ExitCode.PREEMPTED: "stopped by a signal after saving a resumable state: rerun to continue",
+    ExitCode.PREEMPTED: "stopped by SIGTERM (a job stop, spot interruption, eviction) after saving a resumable state: rerun to continue (train: with --resume)",
 }
 
 
@@ -89,7 +89,7 @@ class NothingToDo(DistillError):
 
 
 class Preempted(DistillError):
-    """Stopped by SIGTERM/SIGINT after writing a resumable state."""
+    """Stopped by SIGTERM after writing a resumable state (``distill.stop``)."""
 
     exit_code = ExitCode.PREEMPTED
 

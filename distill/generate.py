@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from distill.config import ConfigError, bad, field
-from distill.corpus.schema import DEFAULT_LOGPROB_SCALE
+from distill.corpus.schema import DEFAULT_LOGPROB_ALPHA, DEFAULT_LOGPROB_SCALE
+from distill.stop import STOP
 from distill.teachers import BACKENDS, Backend
 
 
@@ -63,7 +64,8 @@ class GenerateConfig:
     shard: str = field("0/1", help="i/N: this worker writes every N-th shard of the corpus, starting at i")
     rows_per_shard: int = field(1024, help="rows per Parquet shard file (the unit of resume)")
     skip_invalid: bool = field(False, help="skip invalid seed records (counted per reason in the manifest) instead of failing")
-    logprob_scale: int = field(DEFAULT_LOGPROB_SCALE, help="log-prob quantization: codes per nat (error <= 0.5/scale)")
+    logprob_scale: int = field(DEFAULT_LOGPROB_SCALE, help="log-prob quantization: codes per nat at the top of the distribution (error there <= 0.5/scale)")
+    logprob_alpha: float = field(DEFAULT_LOGPROB_ALPHA, help="log-prob grid curvature: the step grows as exp(alpha * nats) below the top, up to 1/8 nat; 0 = uniform (schema v1's grid)")
     progress: bool = field(True, help="show a progress bar")
     # Prompt augmentation (distill/augment.py): with augment > 0 the teacher first writes that many
     # new prompts from the seeds; the corpus answers seeds + synthetic prompts.
@@ -98,6 +100,8 @@ class GenerateConfig:
             bad("rows_per_shard", f"must be >= 1, got {self.rows_per_shard}")
         if not 16 <= self.logprob_scale <= 1 << 16:
             bad("logprob_scale", f"must be in [16, 65536], got {self.logprob_scale}")
+        if not 0 <= self.logprob_alpha <= 4:
+            bad("logprob_alpha", f"must be in [0, 4], got {self.logprob_alpha}")
         try:
             parse_shard(self.shard)
         except ValueError as exc:
@@ -333,7 +337,7 @@ def run(config: GenerateConfig) -> dict[str, Any]:
         }
         num_shards = math.ceil(len(planned) / config.rows_per_shard)
         writer = CorpusWriter(config.out, identity=identity, num_shards=num_shards, top_k=top_k, worker=worker,
-                              logprob_scale=config.logprob_scale)
+                              logprob_scale=config.logprob_scale, logprob_alpha=config.logprob_alpha)
         writer.check_identity()
         finished = writer.finished_manifest()
         if finished is not None:
@@ -364,11 +368,21 @@ def run(config: GenerateConfig) -> dict[str, Any]:
                 outputs[output.key] = output
                 new_tokens += len(output.response_ids)
                 bar.update(1)
+                if STOP.requested:  # drop the shard in flight: never half a shard; the rerun redoes it exactly
+                    if hasattr(stream, "close"):
+                        stream.close()
+                    bar.close()
+                    raise STOP.preempted(f"{len(done) + todo.index(index)} of {len(writer.my_shards())} shard(s) "
+                                         f"committed in {config.out}, shard {index} in flight dropped")
             missing = [p.rid for p in shard_rows if p.rid not in outputs]
             if missing:
                 raise RuntimeError(f"teacher returned no output for {len(missing)} request(s), e.g. {missing[0]}")
             rows, shard_skipped = _shard_rows(config, shard_rows, outputs, index)
             writer.write_shard(index, rows, skipped=dict(shard_skipped))
+            if STOP.requested and index != todo[-1]:
+                bar.close()
+                raise STOP.preempted(f"{len(done) + todo.index(index) + 1} of {len(writer.my_shards())} shard(s) "
+                                     f"committed in {config.out}")
         bar.close()
         respond_s = time.perf_counter() - responding
         elapsed = time.perf_counter() - started

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 
-def floor_rows(table: Any, top_k: int, scale: int) -> int:
+def floor_rows(table: Any, top_k: int, grid: Any) -> int:
     """Rows where the teacher's most likely token sits at the log-prob floor (-MAX_NATS): a
     distribution no working model produces, the mark of a broken teacher."""
     import numpy as np
 
-    from distill.corpus.schema import MAX_NATS
+    from distill.corpus.encoding import floor_code
 
     if not top_k or table.num_rows == 0:
         return 0
@@ -21,7 +21,7 @@ def floor_rows(table: Any, top_k: int, scale: int) -> int:
     offsets = np.asarray(column.offsets)
     values = np.asarray(column.values)
     first = np.arange(0, len(values), top_k)  # each position's top-1 code (absolute)
-    at_floor = first[values[first] >= int(MAX_NATS * scale)]
+    at_floor = first[values[first] >= floor_code(grid)]
     return int(np.unique(np.searchsorted(offsets, at_floor, side="right") - 1).size)
 
 
@@ -34,13 +34,12 @@ def summarize(corpus: Any) -> dict[str, Any]:
     prompts: dict[str, str] = {}  # prompt id -> text, for the diversity figures
     reasons: Counter[str] = Counter()
     floor = 0
-    scale = int(corpus.manifests[0].get("encoding", {}).get("logprob_scale", 1))
-    for path in corpus.shard_paths:
+    for path, grid in zip(corpus.shard_paths, corpus.shard_grids):
         columns = ["prompt_id", "finish_reason", "prompt_text"] + (["topk_logprob_codes"] if corpus.top_k else [])
         table = pq.read_table(path, columns=columns)
         prompts.update(zip(table["prompt_id"].to_pylist(), table["prompt_text"].to_pylist()))
         reasons.update(table["finish_reason"].to_pylist())
-        floor += floor_rows(table, corpus.top_k, scale)
+        floor += floor_rows(table, corpus.top_k, grid)
     skipped: Counter[str] = Counter()
     duplicates = 0
     runs = {m.get("identity_sha256") for m in corpus.manifests}
@@ -64,6 +63,7 @@ def summarize(corpus: Any) -> dict[str, Any]:
         "schema_version": corpus.schema_version,
         "generation": first.get("generation", {}),
         "logprob_scale": first.get("encoding", {}).get("logprob_scale"),
+        "logprob_alpha": first.get("encoding", {}).get("logprob_alpha", 0.0),
         "finish_reasons": dict(sorted(reasons.items())),
         # rows whose top-1 log-prob is at the storage floor (-1000 nats): a broken teacher
         "rows_at_logprob_floor": floor,

@@ -62,6 +62,11 @@ class FolderLock:
                 os.close(fd)
                 raise LockHeld(f"{self.folder}: in use by {self.holder()}; wait for that run to end (a lock "
                                "is released when its process exits, however it exits)") from None
+            except OSError as exc:  # ENOLCK, EOPNOTSUPP: a file system without flock (docs/deploy.md)
+                os.close(fd)
+                raise OSError(exc.errno, f"cannot lock the folder ({exc.strerror}): its file system does not "
+                              "support flock; use a local disk or a mount with locking (docs/deploy.md)",
+                              str(self.path)) from None
             # The file may have been unlinked by its previous holder between our open and flock:
             # holding a lock on a deleted file protects nothing, so start over.
             try:

@@ -27,7 +27,7 @@ def test_inspect_json(corpus_dir):
     for key in ("rows", "response_tokens", "top_k", "bytes_per_token", "teacher", "tokenizer_fingerprint", "schema_version",
                 "augmentation"):
         assert key in info
-    assert info["rows"] == 4 and info["prompts"] == 2 and info["top_k"] == 4 and info["schema_version"] == 1
+    assert info["rows"] == 4 and info["prompts"] == 2 and info["top_k"] == 4 and info["schema_version"] == 2 and info["logprob_alpha"] == 0.5
     assert info["bytes_per_token"] > 0 and info["response_tokens"] > 0 and info["teacher"]["backend"] == "hf"
     assert info["skipped"] == {"wrong_type": 1} and info["duplicates_collapsed"] == 1 and info["augmentation"] is None
 

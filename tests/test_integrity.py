@@ -94,11 +94,14 @@ def test_non_finite_teacher_output_is_refused(nan_teacher_dir, seeds, tmp_path):
 def test_encoder_never_maps_nan_to_a_code():
     from distill.corpus import encoding
 
+    grid = encoding.Grid(512, 0.5)
     with pytest.raises(ValueError, match="NaN"):
-        encoding.encode_topk_logprobs(np.array([[-0.1, np.nan]]), 512)
+        encoding.encode_topk_logprobs(np.array([[-0.1, np.nan]]), grid)
     with pytest.raises(ValueError, match="NaN"):
-        encoding.encode_logprobs(np.array([np.inf]), 512)
-    assert encoding.encode_logprobs(np.array([-np.inf]), 512).tolist() == [512_000]  # -inf is a valid floor
+        encoding.encode_logprobs(np.array([np.inf]), grid)
+    # -inf is a valid floor
+    assert encoding.encode_logprobs(np.array([-np.inf]), grid).tolist() == [encoding.floor_code(grid)]
+    assert encoding.encode_logprobs(np.array([-np.inf]), encoding.Grid(512)).tolist() == [512_000]
 
 
 def test_inspect_flags_rows_at_the_log_prob_floor(kd_rows, peaked_teacher_dir, tmp_path):
@@ -423,3 +426,21 @@ def test_debug_shows_the_traceback_too(tmp_path, monkeypatch):
     assert loud.exit_code == 2 and "Traceback" in loud.output and "error: " in loud.output
     monkeypatch.setenv("DISTILL_DEBUG", "1")
     assert "Traceback" in cli(["train", "--config", config]).output
+
+
+def test_a_file_system_without_flock_is_one_line_naming_the_lock(tmp_path, monkeypatch):
+    """EOPNOTSUPP/ENOLCK from flock (a mount without locking): exit 74 naming the lock file."""
+    import fcntl
+
+    from distill.errors import describe_os_error
+    from distill.lock import FolderLock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(OSError) as info:
+        FolderLock(tmp_path / "out", purpose="test").acquire()
+    message, code = describe_os_error(info.value)
+    assert int(code) == 74 and message.startswith(str(tmp_path / "out" / ".distill.lock") + ": cannot lock the folder")
+    assert "does not support flock" in message and "\n" not in message

@@ -19,6 +19,7 @@ from distill.corpus import encoding
 from distill.corpus.schema import (
     FORMAT_NAME,
     MANIFEST_NAME,
+    READABLE_VERSIONS,
     SCHEMA_VERSION,
     CorpusError,
     CorpusRow,
@@ -33,7 +34,7 @@ class _Shard:
     entry: dict[str, Any]
     manifest_path: Path
     top_k: int
-    logprob_scale: int
+    grid: Any  # encoding.Grid
     row_group_rows: list[int]
     verified: bool = False
 
@@ -59,10 +60,10 @@ def _load_manifest(path: Path) -> dict[str, Any]:
         if gone:
             raise CorpusError(f"{path}: shards[{i}] lacks {', '.join(gone)}; the manifest is damaged")
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CorpusError(
             f"{path}: corpus schema version {version!r} is not supported by this distill "
-            f"(reads version {SCHEMA_VERSION})"
+            f"(reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
     return manifest
 
@@ -102,7 +103,7 @@ class Corpus:
         self.black_box: bool = self.top_k == 0
         self.tokenizer_fingerprint: str = first.get("tokenizer_fingerprint", "")
         self.teacher: dict[str, Any] = first.get("teacher", {})
-        self.schema_version: int = SCHEMA_VERSION
+        self.schema_version: int = int(first.get("schema_version", SCHEMA_VERSION))
         self._shards: list[_Shard] = []
         self._groups: list[tuple[int, int]] = []
         for path, manifest in zip(self.manifest_paths, self.manifests):
@@ -159,12 +160,13 @@ class Corpus:
         except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for a damaged footer
             raise CorpusError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc}); the shard is damaged") from None
         top_k = int(manifest["top_k"])
-        scale = int(manifest.get("encoding", {}).get("logprob_scale", 1))
+        grid = manifest_grid(manifest)
         # The footer carries what the writer used; the manifest must agree, or rows would be
-        # decoded with the wrong k or scale.
+        # decoded with the wrong k or grid.
         footer = {k.decode(): v.decode() for k, v in (meta.metadata or {}).items() if k.startswith(b"distill.")}
-        expected = {"distill.top_k": str(top_k), "distill.logprob_scale": str(scale),
-                    "distill.identity_sha256": str(manifest["identity_sha256"])}
+        expected = {"distill.top_k": str(top_k), "distill.identity_sha256": str(manifest["identity_sha256"]),
+                    **({f"distill.{k}": str(v) for k, v in grid.manifest().items()} if manifest.get("schema_version", 1) >= 2
+                       else {"distill.logprob_scale": str(grid.scale)})}
         if "index" in entry:
             expected["distill.shard_index"] = str(entry["index"])
         wrong = [f"{k[8:]} {footer.get(k)!r} in the shard, {v!r} in the manifest" for k, v in expected.items()
@@ -174,7 +176,7 @@ class Corpus:
         rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
         if sum(rows) != entry["rows"]:
             raise CorpusError(f"{path}: {sum(rows)} rows, {entry['rows']} in {manifest_path}")
-        shard = _Shard(path, entry, manifest_path, top_k, scale, rows)
+        shard = _Shard(path, entry, manifest_path, top_k, grid, rows)
         self._shards.append(shard)
         self._groups.extend((len(self._shards) - 1, g) for g in range(len(rows)))
 
@@ -213,6 +215,11 @@ class Corpus:
         return [s.path for s in self._shards]
 
     @property
+    def shard_grids(self) -> list[Any]:
+        """The log-prob grid of each shard (``encoding.Grid``), in ``shard_paths`` order."""
+        return [s.grid for s in self._shards]
+
+    @property
     def response_tokens(self) -> int:
         return sum(int(s.entry["response_tokens"]) for s in self._shards)
 
@@ -244,7 +251,7 @@ class Corpus:
             table = pq.ParquetFile(shard.path).read_row_group(group)
         except Exception as exc:  # damage the checksum did not cover (verification off)
             raise CorpusError(f"{shard.path}: row group {group} unreadable ({type(exc).__name__}: {exc})") from None
-        return decode_table(table, shard.top_k, shard.logprob_scale)
+        return decode_table(table, shard.top_k, shard.grid)
 
     def iter_rows(self) -> Iterator[CorpusRow]:
         for index in range(self.num_row_groups):
@@ -266,8 +273,17 @@ def _split(column, num_rows: int) -> list[np.ndarray | None]:
     return [values[offsets[i]:offsets[i + 1]] if valid[i] else None for i in range(num_rows)]
 
 
-def decode_table(table, top_k: int, scale: int) -> list[CorpusRow]:
-    """Schema-v1 Arrow table -> CorpusRows (decoding the compact top-k codes)."""
+def manifest_grid(manifest: dict[str, Any]) -> "encoding.Grid":
+    """The log-prob grid a manifest declares (v1: the uniform grid of its logprob_scale)."""
+    enc = manifest.get("encoding", {})
+    scale = int(enc.get("logprob_scale", 1))
+    if manifest.get("schema_version", 1) < 2:
+        return encoding.Grid(scale)
+    return encoding.Grid(scale, float(enc.get("logprob_alpha", 0.0)), float(enc.get("logprob_max_step", 0.125)))
+
+
+def decode_table(table, top_k: int, grid: "encoding.Grid") -> list[CorpusRow]:
+    """An Arrow table of a shard -> CorpusRows (decoding the compact top-k codes)."""
     n = table.num_rows
     cols = {name: table.column(name) for name in ("prompt_ids", "response_ids", "topk_ids",
                                                     "topk_logprob_codes", "sampled_logprob_codes")}
@@ -284,8 +300,8 @@ def decode_table(table, top_k: int, scale: int) -> list[CorpusRow]:
             prompt_ids=lists["prompt_ids"][i],
             response_ids=lists["response_ids"][i],
             topk_ids=None if black_box else ids.reshape(-1, top_k),
-            topk_logprobs=None if black_box else encoding.decode_topk_logprobs(codes, top_k, scale),
-            sampled_logprobs=None if black_box else encoding.decode_logprobs(sampled, scale),
+            topk_logprobs=None if black_box else encoding.decode_topk_logprobs(codes, top_k, grid),
+            sampled_logprobs=None if black_box else encoding.decode_logprobs(sampled, grid),
             finish_reason=py["finish_reason"][i],
             prompt_text=py["prompt_text"][i],
             response_text=py["response_text"][i],

@@ -1,4 +1,4 @@
-"""Corpus schema v1, declared once: the Parquet columns, the row type, and the manifest layout.
+"""Corpus schema v2, declared once: the Parquet columns, the row type, and the manifest layout.
 
 A corpus is a directory::
 
@@ -12,12 +12,18 @@ Top-k block (the bulk of the bytes), per row with T response tokens and k = mani
 
 - ``topk_ids``: list<int32> of length T*k, row-major [T, k], each position sorted by log-prob
   descending. Parquet BYTE_STREAM_SPLIT + zstd packs ids < 2^18 to ~18 bits without custom code.
-- ``topk_logprob_codes``: list<int32> of length T*k. Each log-prob is quantized on an absolute grid,
-  ``code = round(-logprob * logprob_scale)`` (manifest ``encoding.logprob_scale`` codes per nat),
-  and stored per position as the first code followed by the differences of consecutive codes
-  (all >= 0 because the position is sorted). Decoding: ``-cumsum(codes[T, k], axis=1) / scale``.
-  Quantizing the absolute value (not the delta) keeps errors from accumulating along the row.
-- ``sampled_logprob_codes``: list<int32> [T], ``round(-logprob * scale)`` of the sampled token.
+- ``topk_logprob_codes``: list<int32> of length T*k. Each log-prob is quantized on the grid of
+  ``encoding.Grid`` (manifest ``encoding``: ``logprob_scale`` codes per nat at the top,
+  ``logprob_alpha`` the curvature, ``logprob_max_step`` the coarsest step), ``code =
+  round(F(-logprob))``, and stored per position as the first code followed by the differences of
+  consecutive codes (all >= 0 because the position is sorted). Decoding: ``-F^-1(cumsum(codes[T, k],
+  axis=1))``. Quantizing the absolute value (not the delta) keeps errors from accumulating along
+  the row. The step is 1/scale nat at the top and grows as exp(alpha * nats) down the distribution
+  (capped at max_step): an entry's weight in the KL falls faster than its error grows.
+- ``sampled_logprob_codes``: list<int32> [T], ``round(F(-logprob))`` of the sampled token.
+
+Versions: v1 stored the uniform grid ``round(-logprob * scale)``, which is v2 with alpha = 0; v1
+corpora read unchanged.
 
 Log-probs below ``-MAX_NATS`` are stored as ``-MAX_NATS`` (their probability is 0 in float32).
 Black-box corpora (text-only teacher) have ``top_k == 0`` and null top-k columns.
@@ -33,13 +39,16 @@ import numpy as np
 
 from distill.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # v1: the uniform log-prob grid (logprob_alpha 0)
 FORMAT_NAME = "distill-corpus"
 MANIFEST_NAME = "manifest.json"
 RUN_NAME = "run.json"
 DATA_DIR = "data"
 CARD_NAME = "README.md"
-DEFAULT_LOGPROB_SCALE = 512  # codes per nat: max rounding error 1/1024 nat; see bench/corpus_size.md
+DEFAULT_LOGPROB_SCALE = 512  # codes per nat at the top: rounding error there <= 1/1024 nat
+DEFAULT_LOGPROB_ALPHA = 0.5  # grid curvature; bench/corpus_size.md measures the choices
+LOGPROB_MAX_STEP = 0.125  # coarsest grid step (nats), reached ~8.3 nats below the top at the defaults
 MAX_NATS = 1000.0
 
 # Columns whose values dominate the size get BYTE_STREAM_SPLIT (bytes of equal significance
@@ -61,7 +70,7 @@ def worker_manifest_name(worker: int, num_workers: int) -> str:
 
 
 def arrow_schema():
-    """The Parquet/Arrow schema of schema v1 (pyarrow imported lazily)."""
+    """The Parquet/Arrow schema of schema v2 (the columns are v1's) (pyarrow imported lazily)."""
     import pyarrow as pa
 
     ints = pa.list_(pa.int32())

@@ -32,7 +32,9 @@ from distill.corpus.schema import (
     BSS_COLUMNS,
     CARD_NAME,
     DATA_DIR,
+    DEFAULT_LOGPROB_ALPHA,
     DEFAULT_LOGPROB_SCALE,
+    LOGPROB_MAX_STEP,
     FORMAT_NAME,
     MANIFEST_NAME,
     RUN_NAME,
@@ -88,8 +90,8 @@ def _list_array(arrays: Sequence[np.ndarray | None]):
     return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), pa.array(values, type=pa.int32()), mask=mask)
 
 
-def rows_to_table(rows: Sequence[CorpusRow], top_k: int, scale: int):
-    """Encode rows into a pyarrow Table of schema v1 (validates shapes against ``top_k``)."""
+def rows_to_table(rows: Sequence[CorpusRow], top_k: int, grid: encoding.Grid):
+    """Encode rows into a pyarrow Table of the current schema (validates shapes against ``top_k``)."""
     import pyarrow as pa
 
     topk_ids, topk_codes, sampled_codes = [], [], []
@@ -108,8 +110,8 @@ def rows_to_table(rows: Sequence[CorpusRow], top_k: int, scale: int):
                 f"expected ({num_tokens}, {top_k})"
             )
         topk_ids.append(row.topk_ids)
-        topk_codes.append(encoding.encode_topk_logprobs(row.topk_logprobs, scale))
-        sampled_codes.append(encoding.encode_logprobs(row.sampled_logprobs, scale))
+        topk_codes.append(encoding.encode_topk_logprobs(row.topk_logprobs, grid))
+        sampled_codes.append(encoding.encode_logprobs(row.sampled_logprobs, grid))
     columns = {
         "id": pa.array([r.id for r in rows], type=pa.string()),
         "prompt_id": pa.array([r.prompt_id for r in rows], type=pa.string()),
@@ -164,6 +166,7 @@ class CorpusWriter:
         top_k: int,
         worker: tuple[int, int] = (0, 1),
         logprob_scale: int = DEFAULT_LOGPROB_SCALE,
+        logprob_alpha: float = DEFAULT_LOGPROB_ALPHA,
         row_group_size: int = ROW_GROUP_SIZE,
     ) -> None:
         if num_shards < 1:
@@ -176,9 +179,10 @@ class CorpusWriter:
         self.num_shards = num_shards
         self.top_k = top_k
         self.worker = worker
-        self.logprob_scale = int(logprob_scale)
+        self.grid = encoding.Grid(int(logprob_scale), float(logprob_alpha), LOGPROB_MAX_STEP)
+        self.logprob_scale = self.grid.scale
         self.row_group_size = row_group_size
-        self.identity = {**identity, "num_shards": num_shards, "top_k": top_k, "logprob_scale": self.logprob_scale,
+        self.identity = {**identity, "num_shards": num_shards, "top_k": top_k, **self.grid.manifest(),
                          "schema_version": SCHEMA_VERSION}
         self.identity_sha256 = identity_hash(self.identity)
         self._shards: dict[int, dict[str, Any]] = {}
@@ -283,10 +287,10 @@ class CorpusWriter:
         """Encode and atomically write shard ``index``, then record its entry (checksum included):
         the record is what resume and ``finish`` trust. ``skipped``: rows left out of it, by reason."""
         assert index in self.my_shards(), (index, self.worker)
-        table = rows_to_table(rows, self.top_k, self.logprob_scale)
+        table = rows_to_table(rows, self.top_k, self.grid)
         path = self.shard_path(index)
         metadata = {"distill.identity_sha256": self.identity_sha256, "distill.shard_index": str(index),
-                    "distill.logprob_scale": str(self.logprob_scale), "distill.top_k": str(self.top_k)}
+                    "distill.top_k": str(self.top_k), **{f"distill.{k}": str(v) for k, v in self.grid.manifest().items()}}
         atomic_write_with(path, lambda tmp: write_parquet(table, tmp, row_group_size=self.row_group_size, metadata=metadata))
         entry = self._shard_entry(index)
         if skipped:
@@ -334,8 +338,10 @@ class CorpusWriter:
             "identity_sha256": self.identity_sha256,
             "top_k": self.top_k,
             "encoding": {
-                "logprob_scale": self.logprob_scale,
-                "topk_logprob_codes": "per position: round(-logprob*scale) of the top entry, then deltas of consecutive codes",
+                **self.grid.manifest(),
+                "topk_logprob_codes": "per position: round(F(-logprob)) of the top entry, then deltas of consecutive codes; "
+                                      "F has scale*exp(-alpha*u) codes per nat at u nats, at least 1/max_step "
+                                      "(distill.corpus.encoding.Grid)",
                 "parquet": "zstd level %d; BYTE_STREAM_SPLIT on %s" % (ZSTD_LEVEL, ", ".join(BSS_COLUMNS)),
             },
             "worker": {"index": self.worker[0], "count": self.worker[1]},
@@ -384,7 +390,8 @@ def dataset_card(manifest: dict[str, Any]) -> str:
         f"- generation: `{json.dumps(gen, sort_keys=True)}`",
         "",
         "Log-probs are stored as integer codes; decode with `distill.corpus.open_corpus(DIR)`, or by hand:",
-        "per position, `logprobs = -cumsum(codes) / logprob_scale` (`logprob_scale` in manifest.json).",
+        "per position, `logprobs = -Grid(logprob_scale, logprob_alpha, logprob_max_step).inverse(cumsum(codes))`",
+        "(`distill.corpus.encoding`; the three values are in manifest.json's `encoding`).",
         "`manifest.json` holds the shard checksums, the full generation parameters and statistics.",
         "",
     ]

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from distill.eval.stats import percentile
+from distill.stop import STOP
 
 
 @dataclass
@@ -69,6 +70,7 @@ def generate_greedy(
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     eos_set = set(eos)
     for batch in tqdm(batches, desc=desc, unit="batch", disable=desc is None, leave=False):
+        STOP.check("eval: no report written")  # SIGTERM: stop between batches
         rows = generate_batch(model, tokenizer, [prompts[i] for i in batch], [0] * len(batch), params,
                               eos_ids=eos, pad_id=pad, cache="dynamic")
         for i, row in zip(batch, rows):

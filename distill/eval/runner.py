@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from distill.config import ConfigError
-from distill.errors import ExitCode
+from distill.errors import ExitCode, Preempted
 from distill.eval.config import EvalConfig, parse_model_specs
 from distill.eval.gate import GATE_METRICS, evaluate_gate, gate_summary, parse_gate
 from distill.eval.generation import combine_speed_rounds, measure_speed
@@ -35,6 +35,7 @@ from distill.eval.scorers import (
 )
 from distill.eval.stats import score_with_ci
 from distill.lock import FolderLock
+from distill.stop import STOP
 
 EXIT_OK = int(ExitCode.OK)
 
@@ -247,7 +248,7 @@ def evaluate_model(
             _compare_to_teacher(name, entry, row_records, suite, texts, fingerprint, ref, opened)
         _write_jsonl(out_dir / "outputs" / f"{name}.jsonl", row_records)
         entry["status"] = "ok"
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, Preempted):
         raise
     except Exception as exc:
         message = str(exc) if isinstance(exc, (RuntimeError, ConfigError)) else f"{type(exc).__name__}: {exc}"
@@ -387,7 +388,37 @@ def _evaluate_all(config: EvalConfig, models: dict[str, str], suite: Suite, gate
     judge = _Judge(judge_spec)
     entries: dict[str, dict[str, Any]] = {}
     try:
+        teacher_error = _models_and_speeds(config, models, suite, order, teacher_ref, teacher_error, judge, report,
+                                           entries, out_dir)
+    except Preempted:
+        # no partial report is left behind: the files this run wrote so far go (the lock says they are ours)
+        for name in ("report.json", "report.md"):
+            (out_dir / name).unlink(missing_ok=True)
+        raise
+    if judge.error:
+        report["judge_error"] = judge.error
+    if teacher_error:
+        report["teacher_error"] = teacher_error
+    if gate_tree is not None:
+        passed, values, why = evaluate_gate(gate_tree, report["models"])
+        report["gate"] = {"expr": config.gate, "passed": passed, "values": values, "unavailable": why}
+    report["complete"] = True
+    write_report(report, out_dir, chart=True)
+    print(format_table(report))
+    print(f"report: {out_dir / 'report.md'}  {out_dir / 'report.json'}")
+    if report["gate"] is not None:
+        print(gate_summary(report["gate"]))
+    return report
+
+
+def _models_and_speeds(config: EvalConfig, models: dict[str, str], suite: Suite, order: list[str], teacher_ref: Any,
+                       teacher_error: str | None, judge: Any, report: dict[str, Any], entries: dict[str, dict[str, Any]],
+                       out_dir: Path) -> str | None:
+    """Each model in turn (a report after each, marked incomplete), then the speed rounds; returns
+    the teacher's error, if it failed."""
+    try:
         for name in order:
+            STOP.check("eval: no report written")
             print(f"[{len(entries) + 1}/{len(order)}] {name}: {models[name]}", file=sys.stderr)
             is_teacher = name == config.teacher
             entry, ref = evaluate_model(
@@ -408,21 +439,10 @@ def _evaluate_all(config: EvalConfig, models: dict[str, str], suite: Suite, gate
             write_report(report, out_dir, chart=False)
     finally:
         judge.close()
+    STOP.check("eval: no report written")
     measure_speeds(models, suite, config, entries, lambda: write_report(report, out_dir, chart=False))
-    if judge.error:
-        report["judge_error"] = judge.error
-    if teacher_error:
-        report["teacher_error"] = teacher_error
-    if gate_tree is not None:
-        passed, values, why = evaluate_gate(gate_tree, report["models"])
-        report["gate"] = {"expr": config.gate, "passed": passed, "values": values, "unavailable": why}
-    report["complete"] = True
-    write_report(report, out_dir, chart=True)
-    print(format_table(report))
-    print(f"report: {out_dir / 'report.md'}  {out_dir / 'report.json'}")
-    if report["gate"] is not None:
-        print(gate_summary(report["gate"]))
-    return report
+    STOP.check("eval: no report written")
+    return teacher_error
 
 
 def exit_code(report: dict[str, Any]) -> int:

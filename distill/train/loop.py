@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from distill.errors import TrainingDiverged
+from distill.stop import STOP, requested_on_any_rank
 from distill.train.config import TrainConfig
 
 
@@ -182,6 +183,11 @@ def run_loop(engine: Engine, plan: LoopPlan, log: Callable[[dict[str, Any]], Non
             log(evaluate(engine, plan.eval_batches, step, plan.top_k))
         if config.save_every and step % config.save_every == 0 and step < plan.total_steps:
             save(step, epoch, step_in_epoch)
+        if step < plan.total_steps and requested_on_any_rank(engine.accelerator):
+            started = time.monotonic()
+            save(step, epoch, step_in_epoch)
+            raise STOP.preempted(f"checkpoint of step {step} of {plan.total_steps} written in "
+                                 f"{time.monotonic() - started:.1f} s", "rerun the same command with --resume to continue")
     final_eval = evaluate(engine, plan.eval_batches, step, plan.top_k) if plan.eval_batches else None
     if final_eval:
         log(final_eval)

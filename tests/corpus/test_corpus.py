@@ -12,6 +12,7 @@ from distill.corpus import (
     encode_topk_logprobs,
     open_corpus,
 )
+from distill.corpus.encoding import Grid, dequantize, floor_code, quantize
 
 VOCAB = 151936
 
@@ -53,13 +54,14 @@ def test_roundtrip_and_precision(tmp_path):
     assert corpus.tokenizer_fingerprint == "abc" and corpus.teacher == {"name": "t"}
     got = list(corpus.iter_rows())
     assert [r.id for r in got] == [r.id for r in rows]
-    scale = manifest["encoding"]["logprob_scale"]
+    grid = Grid(manifest["encoding"]["logprob_scale"], manifest["encoding"]["logprob_alpha"], manifest["encoding"]["logprob_max_step"])
+    assert grid == Grid(512, 0.5, 0.125)
     for a, b in zip(got, rows):
         np.testing.assert_array_equal(a.prompt_ids, b.prompt_ids)
         np.testing.assert_array_equal(a.response_ids, b.response_ids)
         np.testing.assert_array_equal(a.topk_ids, b.topk_ids)
-        assert np.abs(a.topk_logprobs - b.topk_logprobs).max() <= 0.5 / scale + 1e-6
-        assert np.abs(a.sampled_logprobs - b.sampled_logprobs).max() <= 0.5 / scale + 1e-6
+        assert (np.abs(a.topk_logprobs - b.topk_logprobs) <= grid.error_bound(b.topk_logprobs)).all()
+        assert (np.abs(a.sampled_logprobs - b.sampled_logprobs) <= grid.error_bound(b.sampled_logprobs)).all()
         assert (np.diff(a.topk_logprobs, axis=1) <= 0).all()
         assert (a.reference, a.origin, a.messages, a.prompt_text) == (b.reference, b.origin, b.messages, b.prompt_text)
     np.testing.assert_array_equal(corpus.lengths(), [len(r.prompt_ids) + len(r.response_ids) for r in rows])
@@ -67,13 +69,28 @@ def test_roundtrip_and_precision(tmp_path):
 
 
 def test_encoding_is_sorted_deltas_and_handles_inf():
-    lp = np.array([[-0.01, -2.5, -2.5, -np.inf]], dtype=np.float32)
-    codes = encode_topk_logprobs(lp, 256)
-    assert (codes >= 0).all() and codes[2] == 0
-    back = decode_topk_logprobs(codes, 4, 256)
-    assert abs(back[0, 1] + 2.5) < 1 / 512 and back[0, 3] < -500
-    with pytest.raises(ValueError, match="descending"):
-        encode_topk_logprobs(np.array([[-2.0, -1.0]]), 256)
+    for grid in (Grid(256), Grid(256, 0.5)):
+        lp = np.array([[-0.01, -2.5, -2.5, -np.inf]], dtype=np.float32)
+        codes = encode_topk_logprobs(lp, grid)
+        assert (codes >= 0).all() and codes[2] == 0
+        back = decode_topk_logprobs(codes, 4, grid)
+        assert abs(back[0, 1] + 2.5) <= grid.error_bound(np.array([-2.5]))[0] and back[0, 3] == -1000
+        with pytest.raises(ValueError, match="descending"):
+            encode_topk_logprobs(np.array([[-2.0, -1.0]]), grid)
+
+
+def test_grid_error_grows_with_the_distance_from_the_top():
+    """The v2 grid: 1/scale nat steps at the top, growing as exp(alpha * nats) to the coarsest step
+    (1/8 nat), monotone, inverse of itself within half a step; alpha 0 is v1's uniform grid."""
+    grid, uniform = Grid(512, 0.5, 0.125), Grid(512)
+    lp = -np.concatenate([np.linspace(0, 40, 200_001), [999.9, 1000.0]])
+    codes = quantize(lp, grid)
+    assert (np.diff(codes) >= 0).all() and codes[-1] == floor_code(grid) == codes.max()
+    err = np.abs(dequantize(codes, grid) - lp)
+    assert (err <= grid.error_bound(lp)).all()
+    assert err[lp > -0.5].max() <= 0.5 * np.exp(0.25) / 512 and err.max() <= 0.0625 + 1e-6
+    assert (quantize(lp[:1000], uniform) == np.rint(-lp[:1000] * 512)).all()  # v1 codes exactly
+    assert codes.max() < 10_000  # the whole range in 14 bits (v1: 512,000 codes)
 
 
 def test_black_box_and_datasets_load(tmp_path):
@@ -158,3 +175,23 @@ def test_identity_mismatch_and_resume(tmp_path):
     again.write_shard(1, rows[3:])
     again.finish()
     assert again.finished_manifest() is not None
+
+
+def test_a_schema_v1_corpus_still_reads(tmp_path):
+    """A corpus written by the schema-v1 writer (uniform 1/512-nat grid), kept in the repo: it
+    opens, verifies and decodes to the log-probs it was written from, within v1's 1/1024 nat."""
+    import shutil
+    from pathlib import Path
+
+    here = Path(__file__).parent / "data"
+    shutil.copytree(here / "v1-corpus", tmp_path / "v1")
+    expected = np.load(here / "v1-expected.npz")
+    corpus = open_corpus(tmp_path / "v1")
+    corpus.verify()
+    assert corpus.schema_version == 1 and set(corpus.shard_grids) == {Grid(512)}
+    rows = list(corpus.iter_rows())
+    assert len(rows) == 6
+    for row in rows:
+        np.testing.assert_array_equal(row.topk_ids, expected[f"{row.id}_ids"])
+        assert np.abs(row.topk_logprobs - expected[f"{row.id}_lp"]).max() <= 0.5 / 512 + 1e-6
+        assert np.abs(row.sampled_logprobs - expected[f"{row.id}_s"]).max() <= 0.5 / 512 + 1e-6

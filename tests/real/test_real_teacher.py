@@ -72,7 +72,9 @@ def test_stored_top_k_is_a_fresh_forward_pass(real_teacher_dir, real_corpus):
     from distill.corpus import open_corpus
 
     model = AutoModelForCausalLM.from_pretrained(real_teacher_dir).eval()
-    rows = list(open_corpus(real_corpus).iter_rows())
+    corpus = open_corpus(real_corpus)
+    (grid,) = set(corpus.shard_grids)
+    rows = list(corpus.iter_rows())
     assert len(rows) == len(SEEDS) and all(len(r.response_ids) > 0 for r in rows)
     for row in rows:
         ids = torch.tensor([list(row.prompt_ids) + list(row.response_ids)])
@@ -81,13 +83,14 @@ def test_stored_top_k_is_a_fresh_forward_pass(real_teacher_dir, real_corpus):
         start = len(row.prompt_ids) - 1
         fresh = logprobs[start:start + len(row.response_ids)]
         at_stored = fresh.gather(1, torch.from_numpy(row.topk_ids.astype(np.int64))).numpy()
-        # stored values are quantized to 1/512 nat; decoding with a KV cache differs from a full
-        # pass in the last float digits
-        assert np.abs(at_stored - row.topk_logprobs).max() < 3e-3, row.id
+        # stored values are quantized on the corpus grid (1/512 nat at the top, coarser below);
+        # decoding with a KV cache differs from a full pass in the last float digits (< 2e-3)
+        bound = grid.error_bound(row.topk_logprobs) + 2e-3
+        assert (np.abs(at_stored - row.topk_logprobs) <= bound).all(), row.id
         top = fresh.topk(20, dim=-1).values.numpy()
-        assert np.abs(top[:, 0] - row.topk_logprobs[:, 0]).max() < 3e-3
+        assert (np.abs(top[:, 0] - row.topk_logprobs[:, 0]) <= bound[:, 0]).all()
         sampled = fresh.gather(1, torch.from_numpy(row.response_ids.astype(np.int64))[:, None])[:, 0].numpy()
-        assert np.abs(sampled - row.sampled_logprobs).max() < 3e-3
+        assert (np.abs(sampled - row.sampled_logprobs) <= grid.error_bound(sampled) + 2e-3).all()
 
 
 def test_a_student_trains_on_it_and_eval_compares_them(real_teacher_dir, real_corpus, tmp_path):
@@ -130,7 +133,10 @@ def test_the_judge_scores_every_candidate_from_log_probs(real_teacher_dir, tmp_p
     out = tmp_path / "augment"
     result = CliRunner().invoke(main, ["augment", "--teacher", real_teacher_dir, "--prompts", seeds, "--out", out,
                                        "-n", "6", "--requests-per-round", "4", "--max-rounds", "1",
-                                       "--generation-max-tokens", "96", "--judge-threshold", "1", "--no-progress"])
+                                       "--generation-max-tokens", "96", "--judge-threshold", "1", "--no-progress",
+                                       # the seed-relative filters off: what matters is the judge on every candidate
+                                       "--request-form", "off", "--length-range", "0", "--no-script-check",
+                                       "--no-improbable-filter"])
     assert result.exit_code == 0, result.output
     stats = json.loads((out / "augment.json").read_text())["augmentation"]
     assert stats["rejected"].get("judge_unparseable", 0) == 0, stats["rejected"]

@@ -32,13 +32,14 @@ def make_peaked_teacher(out_dir, tokenizer_dir, seed=1, sharpness=6.0):
     return path
 
 
-def write_corpus(out_dir, rows, tokenizer, top_k, row_group_size=16, num_shards=1, identity_extra=None):
+def write_corpus(out_dir, rows, tokenizer, top_k, row_group_size=16, num_shards=1, identity_extra=None, **writer_kwargs):
     from distill.corpus import CorpusWriter
     from distill.fingerprint import tokenizer_fingerprint
 
     identity = {"tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "teacher": {"model": "tiny"},
                 **(identity_extra or {})}
-    writer = CorpusWriter(out_dir, identity=identity, num_shards=num_shards, top_k=top_k, row_group_size=row_group_size)
+    writer = CorpusWriter(out_dir, identity=identity, num_shards=num_shards, top_k=top_k, row_group_size=row_group_size,
+                          **writer_kwargs)
     writer.start()
     per = -(-len(rows) // num_shards)
     for index in writer.my_shards():
