@@ -145,3 +145,16 @@ def inspect_command(corpus_dirs: tuple[str, ...], as_json: bool, samples: int, v
     from distill.inspect import run
 
     run(list(corpus_dirs), as_json=as_json, samples=samples, verify=verify)
+
+
+def entry() -> None:
+    """The console script and ``python -m distill``: the CLI, or, when launched as a SageMaker
+    training job (the single argument ``train`` and a hyperparameters file), that job's contract."""
+    from distill import sagemaker
+
+    if sagemaker.is_job(sys.argv[1:]):
+        from distill.stop import STOP
+
+        STOP.install()
+        sys.exit(sagemaker.run_job())
+    main()

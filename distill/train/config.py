@@ -141,12 +141,14 @@ class TrainConfig:
                            f"{', '.join(PACKING_ATTN)}, or train with --no-packing")
 
 
-def load_train_config(config_path: str | None, flags: dict[str, object]) -> TrainConfig:
-    """Defaults < the student recipe's training defaults < ``--config`` YAML < flags given."""
+def load_train_config(config_path: "str | Layer | None", flags: dict[str, object]) -> TrainConfig:
+    """Defaults < the student recipe's training defaults < ``--config`` YAML (or a ready Layer) < flags given."""
     from distill.train.student import resolve_student
 
     layers = []
-    if config_path:
+    if isinstance(config_path, Layer):
+        layers.append(config_path)
+    elif config_path:
         layers.append(read_yaml_layer(config_path))
     layers.append(Layer(COMMAND_LINE, {k: v for k, v in flags.items() if v is not None}))
     student = tokenizer = None

@@ -96,6 +96,11 @@ class MetricsLog:
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
             self._log(record, record["step"])
+            if os.environ.get("DISTILL_PRINT_METRICS"):
+                # one line per record for log scrapers (SageMaker metric definitions: distill/sagemaker.py)
+                values = " ".join(f"{k}={v:.6g}" for k, v in record.items()
+                                  if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool))
+                print(f"metric: step={record['step']} {values}", flush=True)
 
     def close(self) -> None:
         self._close()

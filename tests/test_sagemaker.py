@@ -1,0 +1,152 @@
+"""The SageMaker training-job contract (distill/sagemaker.py), run the way SageMaker runs the image:
+``distill train`` with nothing else, against a temporary /opt/ml tree (DISTILL_SAGEMAKER_ROOT)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distill.sagemaker import METRIC_DEFINITIONS, decode_hyperparameters, torchrun_args
+from tests.train.conftest import REPO
+
+
+def ml_tree(root: Path, hyperparameters: dict, channels: dict[str, Path], host: str = "algo-1") -> Path:
+    """/opt/ml as SageMaker lays it out: hyperparameter values JSON-encoded as the SDK sends them."""
+    config = root / "input" / "config"
+    config.mkdir(parents=True)
+    (config / "hyperparameters.json").write_text(json.dumps({k: json.dumps(v) for k, v in hyperparameters.items()}))
+    (config / "resourceconfig.json").write_text(json.dumps({"current_host": host, "hosts": [host]}))
+    for name, source in channels.items():
+        target = root / "input" / "data" / name
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            target.mkdir(parents=True)
+            shutil.copy(source, target / source.name)
+    return root
+
+
+def run_job(root: Path, extra_env: dict | None = None, timeout: int = 400) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DISTILL_SAGEMAKER_ROOT": str(root), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(REPO), **(extra_env or {})}
+    # its own process group, so a hung job's torchrun workers go with it on timeout
+    proc = subprocess.Popen([sys.executable, "-m", "distill", "train"], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"the job ran past {timeout} s: {stderr[-2000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def test_hyperparameters_are_json_decoded_as_the_sdk_encodes_them(tmp_path):
+    path = tmp_path / "hp.json"
+    path.write_text(json.dumps({"stage": '"train"', "lr": "0.001", "max-steps": "40", "corpus": '["a", "b"]',
+                                "note": "plain text", "lora": "true"}))
+    assert decode_hyperparameters(path) == {"stage": "train", "lr": 0.001, "max_steps": 40, "corpus": ["a", "b"],
+                                            "note": "plain text", "lora": True}
+
+
+def test_torchrun_arguments_from_resourceconfig():
+    config = {"current_host": "algo-2", "hosts": ["algo-3", "algo-1", "algo-2"]}
+    assert torchrun_args(config, 8) == ["--nnodes", "3", "--node_rank", "1", "--nproc_per_node", "8",
+                                        "--master_addr", "algo-1", "--master_port", "29500"]
+    assert torchrun_args({"current_host": "algo-1", "hosts": ["algo-1"]}, 1)[:4] == ["--nnodes", "1", "--node_rank", "0"]
+    from distill.config import ConfigError
+
+    with pytest.raises(ConfigError, match="current_host 'algo-9' is not among hosts"):
+        torchrun_args({"current_host": "algo-9", "hosts": ["algo-1"]}, 1)
+
+
+def test_a_train_job_writes_a_loadable_student_and_prints_metrics(tiny_student_dir, kd_corpus, tmp_path):
+    root = ml_tree(tmp_path / "ml", {"stage": "train", "max_steps": 4, "tokens_per_batch": 256, "max_seq_len": 64,
+                                     "lr": 0.001, "eval_rows": 4},
+                   {"corpus": kd_corpus, "student": tiny_student_dir})
+    proc = run_job(root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(root / "model")
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert (root / "checkpoints" / "train" / "metrics.jsonl").is_file() and not (root / "output" / "failure").exists()
+    # the estimator's metric definitions match what the job prints
+    log = proc.stdout + proc.stderr
+    for definition in METRIC_DEFINITIONS:
+        found = re.findall(definition["Regex"], log)
+        if definition["Name"].startswith(("train:", "validation:")):
+            assert found and all(float(v) == float(v) for v in found), definition
+    # a restarted job (spot) finds the finished run and resumes it: nothing retrained
+    again = run_job(root)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_a_generate_job_writes_a_corpus(tiny_teacher_dir, tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"prompt": f"What is {i} plus {i}?"}) + "\n" for i in range(5)))
+    root = ml_tree(tmp_path / "ml", {"stage": "generate", "max_new_tokens": 6, "top_k": 4, "batch_size": 4},
+                   {"prompts": seeds, "teacher": tiny_teacher_dir})
+    proc = run_job(root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from distill.corpus import open_corpus
+
+    corpus = open_corpus(root / "model")
+    assert corpus.num_rows == 5 and corpus.top_k == 4
+    assert (root / "checkpoints" / "generate" / "manifest.json").is_file()  # the resumable state
+
+
+@pytest.mark.parametrize("hyperparameters, expected, code", [
+    ({"stage": "train", "lr": "fast"}, "hyperparameters.json: lr: ", 2),
+    ({"stage": "train", "max_stepz": 3}, "hyperparameters.json: max_stepz: unknown key", 2),
+    ({"stage": "deploy"}, "hyperparameters.json: stage: must be one of generate, augment, train, eval, got 'deploy'", 2),
+])
+def test_a_bad_hyperparameter_writes_the_failure_file(hyperparameters, expected, code, tiny_student_dir, kd_corpus, tmp_path):
+    root = ml_tree(tmp_path / "ml", hyperparameters, {"corpus": kd_corpus, "student": tiny_student_dir})
+    proc = run_job(root)
+    assert proc.returncode == code, proc.stderr[-2000:]
+    failure = (root / "output" / "failure").read_text()
+    assert failure.startswith(expected) and len(failure) <= 1024, failure
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error: ")] == [f"error: {failure}"]
+    assert not (root / "model").exists() or not any((root / "model").iterdir())
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_node_under_torchrun(tiny_student_dir, kd_corpus, tmp_path):
+    # the host must resolve here (on SageMaker, algo-1 does)
+    root = ml_tree(tmp_path / "ml", {"stage": "train", "max_steps": 3, "tokens_per_batch": 256, "max_seq_len": 64,
+                                     "lr": 0.001}, {"corpus": kd_corpus, "student": tiny_student_dir}, host="localhost")
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = run_job(root, {"DISTILL_NPROC_PER_NODE": "2", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false",
+                          "DISTILL_MASTER_PORT": str(port)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"--nnodes 1 --node_rank 0 --nproc_per_node 2 --master_addr localhost --master_port {port}" in proc.stderr
+    assert "2 process(es)" in proc.stdout + proc.stderr
+    assert (root / "model" / "config.json").is_file()
+
+
+def test_an_eval_job_writes_the_report_and_a_failed_gate_fails_the_job(tiny_teacher_dir, tmp_path):
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text("".join(json.dumps({"prompt": f"What is {i} plus 1?", "reference": str(i + 1), "scorer": "contains"})
+                             + "\n" for i in range(4)))
+    root = ml_tree(tmp_path / "ml", {"stage": "eval", "max_new_tokens": 4, "batch_size": 4, "speed_prompts": 2,
+                                     "speed_rounds": 1, "gate": "student.score > 1.5"},
+                   {"suite": suite, "teacher": tiny_teacher_dir, "student": tiny_teacher_dir})
+    proc = run_job(root)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    report = json.loads((root / "model" / "report.json").read_text())
+    assert set(report["models"]) == {"teacher", "student"} and report["gate"]["passed"] is False
+    assert (root / "output" / "failure").read_text().startswith("gate: student.score > 1.5 -> FAILED")
+    assert re.search(METRIC_DEFINITIONS[-1]["Regex"], proc.stdout)
