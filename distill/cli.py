@@ -71,9 +71,6 @@ def main(ctx: click.Context, debug: bool) -> None:
     resume); docs/cli.md.
     """
     ctx.obj = {"debug": debug}
-    from distill.stop import STOP
-
-    STOP.install()  # SIGTERM (docker stop, SageMaker stop/spot, Kubernetes eviction): stop at a safe point, exit 75
 
 
 @main.command("generate")
@@ -151,10 +148,12 @@ def entry() -> None:
     """The console script and ``python -m distill``: the CLI, or, when launched as a SageMaker
     training job (the single argument ``train`` and a hyperparameters file), that job's contract."""
     from distill import sagemaker
+    from distill.stop import STOP
 
+    # SIGTERM (docker stop, a SageMaker stop or spot interruption, a Kubernetes eviction): every
+    # stage stops at its next safe point and exits 75. Installed here, for the process that runs
+    # the command, not in ``main``, so code that calls ``main`` in-process keeps its own handling.
+    STOP.install()
     if sagemaker.is_job(sys.argv[1:]):
-        from distill.stop import STOP
-
-        STOP.install()
         sys.exit(sagemaker.run_job())
     main()

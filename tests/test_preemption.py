@@ -40,7 +40,7 @@ def run_signalled(module: str, name: str, call: int, args: list[str], timeout: i
             f"    if n[0] == {call}: os.kill(os.getpid(), signal.SIGTERM)\n"
             "    return real(*a, **k)\n"
             f"setattr(m, {attr!r}, signalled)\n"
-            "from distill.cli import main; sys.argv[0] = 'distill'; main()")
+            "from distill.cli import entry; sys.argv[0] = 'distill'; entry()")
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], env=ENV, cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
 
