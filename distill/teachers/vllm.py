@@ -13,7 +13,10 @@ reject (longer than ``max_model_len`` - 1) is filtered out before the engine see
 one invalid prompt makes vLLM fail the whole call; it is counted and warned about.
 
 ``score`` teacher-forces (prompt, response) pairs through ``prompt_logprobs`` (its first entry
-is None: nothing predicts the first token), with prefix caching off so every position is scored.
+is None: nothing predicts the first token). Its requests skip reading the prefix cache
+(``skip_reading_prefix_cache``), so every position is computed while the engine keeps prefix
+caching for generation: generate and score share one engine (augmentation alternates them every
+round; restarting a large engine for each would cost minutes).
 
 Data parallel: ``data_parallel_size`` > 1 starts that many engine processes, each owning
 ``tensor_parallel_size * pipeline_parallel_size`` GPUs; chunks are dealt to whichever is free.
@@ -59,7 +62,7 @@ class VLLMEngineConfig:
     max_model_len: int | None = None  # None: the model's own
     gpu_memory_utilization: float = 0.90
     max_logprobs: int = 20  # must be >= --top-k; vLLM's cap on returned log-probs
-    enable_prefix_caching: bool = True  # for generate; always off for score
+    enable_prefix_caching: bool = True  # score requests skip reading the cache (skip_reading_prefix_cache)
     max_num_seqs: int | None = None  # concurrent sequences per engine (throughput knob)
     max_num_batched_tokens: int | None = None
     distributed_executor_backend: str | None = None  # "mp" (one node) | "ray" (multi-node)
@@ -366,16 +369,15 @@ class VLLMTeacher:
         return kwargs
 
     def load(self, score: bool = False) -> None:
-        self._ensure_engines(prefix_caching=not score)
+        self._ensure_engines()
 
-    def _ensure_engines(self, prefix_caching: bool) -> None:
-        """Start the engine(s); restart when switching between generate and score, because
-        score needs prefix caching off (cached prompt positions get no prompt_logprobs)."""
-        wanted = prefix_caching and self.config.enable_prefix_caching
+    def _ensure_engines(self) -> None:
+        """Start the engine(s) once; generate and score share them (see the module docstring)."""
+        wanted = self.config.enable_prefix_caching
         if (self._engine is not None or self._replicas) and self._engine_prefix_caching == wanted:
             return
         self.close()
-        kwargs = self._llm_kwargs(prefix_caching)
+        kwargs = self._llm_kwargs(True)
         if self.config.data_parallel_size == 1:
             self._engine = self.engine_factory(kwargs)
         else:
@@ -462,12 +464,13 @@ class VLLMTeacher:
             ids = [int(i) for i in r.prompt_ids] + [int(i) for i in r.response_ids]
             if not self._admit(r.key, len(ids)):
                 continue
-            kw = dict(max_tokens=1, temperature=0.0, prompt_logprobs=top_k, flat_logprobs=True, detokenize=False)
+            kw = dict(max_tokens=1, temperature=0.0, prompt_logprobs=top_k, flat_logprobs=True, detokenize=False,
+                      skip_reading_prefix_cache=True)  # cached prompt positions would get no prompt_logprobs
             items.append((r.key, ids, kw, [int(i) for i in r.response_ids]))
         return self._run(items, top_k, score=True)
 
     def _run(self, items: list, k: int, score: bool) -> Iterator[TeacherOutput]:
-        self._ensure_engines(prefix_caching=not score)
+        self._ensure_engines()
         size = self.config.chunk_size
         chunks = (_Chunk(items[i:i + size], k, score) for i in range(0, len(items), size))
         if not self._replicas:

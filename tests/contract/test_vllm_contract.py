@@ -343,11 +343,22 @@ def test_score_requests_through_teacher_with_real_outputs():
                                           [CompletionOutput(0, "", [1], None, None, finish_reason="length")], True))
             return outs
 
-    built = []
+    built, made = [], []
+
+    class Recording(Engine):
+        def generate(self, prompts, params, use_tqdm):
+            made.extend(params)
+            return super().generate(prompts, params, use_tqdm)
+
     teacher = VLLMTeacher("t", "m", tokenizer=None, tokenizer_source="m", config=VLLMEngineConfig(), max_context=64,
-                          engine_factory=lambda kw: built.append(kw) or Engine())
+                          engine_factory=lambda kw: built.append(kw) or Recording())
     outs = list(teacher.score([ScoreRequest("s", (1, 2), (3, 4, 5))], top_k=k))
-    assert built[0]["enable_prefix_caching"] is False  # score: every prompt position must be computed
+    # one engine with prefix caching for generate and score: score requests skip reading the
+    # cache (vLLM's own SamplingParams flag), so every prompt position is computed
+    assert len(built) == 1 and built[0]["enable_prefix_caching"] is True
+    assert isinstance(made[0], vllm.SamplingParams) and made[0].skip_reading_prefix_cache is True
+    list(teacher.score([ScoreRequest("t", (1, 2), (3,))], top_k=k))
+    assert len(built) == 1  # no restart
     assert outs[0].topk_ids.tolist() == [[100, 101, 102]] * 3
     np.testing.assert_allclose(outs[0].sampled_logprobs, [-5.0] * 3)
 
