@@ -148,9 +148,23 @@ def pack_bits(ids: np.ndarray, bits: int) -> bytes:
     return np.packbits(((u[:, None] >> np.arange(bits, dtype=np.uint32)) & 1).astype(np.uint8).ravel(), bitorder="little").tobytes()
 
 
+def column_bytes(paths: list[str]) -> dict[str, int]:
+    """Compressed bytes per top-level column over Parquet files (from their footers)."""
+    import pyarrow.parquet as pq
+
+    per_column: dict[str, int] = {}
+    for path in paths:
+        meta = pq.ParquetFile(path).metadata
+        for g in range(meta.num_row_groups):
+            for c in range(meta.num_columns):
+                col = meta.row_group(g).column(c)
+                key = col.path_in_schema.split(".")[0]
+                per_column[key] = per_column.get(key, 0) + col.total_compressed_size
+    return per_column
+
+
 def measure(name: str, rows, student, lines: list[str]) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from distill.corpus import CorpusRow, CorpusWriter, open_corpus
     from distill.corpus.encoding import Grid, encode_logprobs, encode_topk_logprobs
@@ -221,14 +235,7 @@ def measure(name: str, rows, student, lines: list[str]) -> None:
         for j in range(num_shards):
             writer.write_shard(j, corpus_rows[j * per_shard:(j + 1) * per_shard])
         manifest = writer.finish()
-        per_column: dict[str, int] = {}
-        for shard in manifest["shards"]:
-            meta = pq.ParquetFile(os.path.join(out, shard["path"])).metadata
-            for g in range(meta.num_row_groups):
-                for c in range(meta.num_columns):
-                    col = meta.row_group(g).column(c)
-                    key = col.path_in_schema.split(".")[0]
-                    per_column[key] = per_column.get(key, 0) + col.total_compressed_size
+        per_column = column_bytes([os.path.join(out, shard["path"]) for shard in manifest["shards"]])
         corpus = open_corpus(out)
         back = {r.id: r for r in corpus.iter_rows()}
         worst = max(float(np.abs(back[c.id].topk_logprobs - c.topk_logprobs).max()) for c in corpus_rows)
@@ -289,10 +296,7 @@ def student_logprobs(rows, student_dir: str) -> list[np.ndarray]:
 def measure_real(corpus_dir: str, teacher_dir: str, students: dict[str, str], lines: list[str]) -> None:
     """Bytes per response token of the real teacher's corpus on each log-prob grid, and the
     forward KL error of the stored values against students of the teacher."""
-    import pyarrow.parquet as pq
-
     from distill.corpus import CorpusWriter, open_corpus
-    from distill.corpus.encoding import Grid
 
     rows = exact_rows(corpus_dir, teacher_dir)
     num_tokens = sum(len(r.response_ids) for r in rows)
@@ -317,13 +321,7 @@ def measure_real(corpus_dir: str, teacher_dir: str, students: dict[str, str], li
             writer.start()
             writer.write_shard(0, rows)
             manifest = writer.finish()
-            meta = pq.ParquetFile(os.path.join(out, manifest["shards"][0]["path"])).metadata
-            per_column: dict[str, int] = {}
-            for g in range(meta.num_row_groups):
-                for c in range(meta.num_columns):
-                    col = meta.row_group(g).column(c)
-                    key = col.path_in_schema.split(".")[0]
-                    per_column[key] = per_column.get(key, 0) + col.total_compressed_size
+            per_column = column_bytes([os.path.join(out, manifest["shards"][0]["path"])])
             back = np.concatenate([r.topk_logprobs for r in open_corpus(out).iter_rows()]).astype(np.float64)
             cells = []
             for name, q in qs.items():

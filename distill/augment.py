@@ -481,6 +481,11 @@ def broken_format(text: str, special_tokens: Iterable[str] = ()) -> str | None:
     return None
 
 
+def count_lines(text: str) -> int:
+    """Non-empty lines."""
+    return sum(1 for line in text.splitlines() if line.strip())
+
+
 def letter_script(ch: str) -> str:
     """The script of a letter as its Unicode character name spells it: "LATIN", "CYRILLIC",
     "GREEK", "CJK", "HIRAGANA", "ARABIC", ... (the name's first word)."""
@@ -622,7 +627,7 @@ class _State:
         seed_words = [len(words(seed.prompt)) for seed in self.seeds]
         r = config.length_range
         self.word_range = (math.floor(min(seed_words) / r), math.ceil(max(seed_words) * r)) if r else None
-        seed_lines = max(len([line for line in seed.prompt.splitlines() if line.strip()]) for seed in self.seeds)
+        seed_lines = max(count_lines(seed.prompt) for seed in self.seeds)
         self.max_lines = max(1, math.floor(seed_lines * r)) if r else None
         requests = sum(is_request(seed.prompt) for seed in self.seeds)
         self.request_check = config.request_form == "on" or (config.request_form == "auto" and requests >= 0.8 * len(self.seeds))
@@ -754,7 +759,7 @@ def _screen(state: _State, text: str, prompt_limit: int, teacher: Any, contamina
     if state.word_range is not None and not state.word_range[0] <= len(toks) <= state.word_range[1]:
         return "length_outlier", f"{len(toks)} words, outside {state.word_range[0]}-{state.word_range[1]} (the seeds' range x{config.length_range})"
     if state.max_lines is not None:
-        lines = len([line for line in text.splitlines() if line.strip()])
+        lines = count_lines(text)
         if lines > state.max_lines:
             return "length_outlier", f"{lines} lines, the seeds' at most x{config.length_range}: {state.max_lines}"
     near = state.near.query(text, toks)
@@ -767,11 +772,12 @@ def _screen(state: _State, text: str, prompt_limit: int, teacher: Any, contamina
     return None, ""
 
 
-def user_turn_ids(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
+def user_turn_ids(tokenizer: Any, text: str, empty: list[int] | None = None) -> tuple[list[int], list[int]]:
     """(context, content) token ids of ``text`` as a user turn in the chat template: the content is
-    what the template with ``text`` has beyond the template with an empty message."""
+    what the template with ``text`` has beyond ``empty``, the template with an empty message."""
     full = encode_prompt(tokenizer, [{"role": "user", "content": text}])
-    empty = encode_prompt(tokenizer, [{"role": "user", "content": ""}])
+    if empty is None:
+        empty = encode_prompt(tokenizer, [{"role": "user", "content": ""}])
     head = 0
     while head < min(len(full), len(empty)) and full[head] == empty[head]:
         head += 1
@@ -783,8 +789,8 @@ def user_turn_ids(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
 
 def can_score(teacher: Any) -> bool:
     """Whether the teacher returns log-probs of given text (not black-box; an endpoint only with
-    vLLM's prompt_logprobs)."""
-    return bool(getattr(teacher, "can_score", True)) and not teacher.fingerprint().get("black_box", False)
+    vLLM's prompt_logprobs): the Teacher protocol's capability attributes."""
+    return bool(getattr(teacher, "can_score", True)) and not getattr(teacher, "black_box", False)
 
 
 def mean_token_logprobs(teacher: Any, texts: dict[str, str], timing: Counter) -> dict[str, float]:
@@ -792,8 +798,9 @@ def mean_token_logprobs(teacher: Any, texts: dict[str, str], timing: Counter) ->
     from distill.teachers.base import ScoreRequest
 
     requests = []
+    empty = encode_prompt(teacher.tokenizer, [{"role": "user", "content": ""}])
     for key, text in texts.items():
-        context, content = user_turn_ids(teacher.tokenizer, text)
+        context, content = user_turn_ids(teacher.tokenizer, text, empty)
         requests.append(ScoreRequest(key=f"p-{key}", prompt_ids=tuple(context), response_ids=tuple(content)))
     start = time.perf_counter()
     means = {}
@@ -822,7 +829,7 @@ def _judge(state: _State, templates: Templates, teacher: Any, round_index: int, 
     config = state.config
     # The score comes from the judge's log-probabilities of the rating digits where the teacher
     # returns log-probs; its text is parsed only as the fallback (a black-box endpoint).
-    black_box = bool(teacher.fingerprint().get("black_box", False))
+    black_box = bool(getattr(teacher, "black_box", False))
     params = SamplingParams(max_new_tokens=config.judge_max_tokens, temperature=0.0, top_p=1.0,
                             top_k_logprobs=0 if black_box else JUDGE_TOP_K)
     requests = []

@@ -143,10 +143,16 @@ def run(paths: list[str], *, as_json: bool = False, samples: int = 2, verify: bo
     """Print the summary (or JSON) of the corpus at ``paths`` (or of a ``distill augment`` output
     folder: its yield); returns the summary dict."""
     from distill.corpus import open_corpus
-    from distill.corpus.schema import MANIFEST_NAME
+    from distill.corpus.schema import MANIFEST_NAME, CorpusError
 
     if len(paths) == 1 and (Path(paths[0]) / "augment.json").is_file() and not (Path(paths[0]) / MANIFEST_NAME).is_file():
-        manifest = json.loads((Path(paths[0]) / "augment.json").read_text(encoding="utf-8"))
+        path = Path(paths[0]) / "augment.json"
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+            manifest["augmentation"]["rejected"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CorpusError(f"{path}: not a distill augment manifest ({type(exc).__name__}: {exc}); the file is damaged "
+                              "or the augmentation did not finish") from None
         if as_json:
             print(json.dumps(manifest["augmentation"], indent=2, ensure_ascii=False))
         else:

@@ -101,15 +101,21 @@ def is_job(argv: list[str]) -> bool:
     return argv == ["train"] and Layout.from_env().hyperparameters.is_file()
 
 
-def decode_hyperparameters(path: Path) -> dict[str, Any]:
-    """hyperparameters.json -> values: the SDK JSON-encodes each value into a string ("\\"train\\"",
-    "0.001", "[\\"a\\"]"); a string that is not JSON is taken as it is."""
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from one of SageMaker's config files; errors name the file and line."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a JSON object of hyperparameters")
+        raise ConfigError(f"{path}: expected a JSON object")
+    return raw
+
+
+def decode_hyperparameters(path: Path) -> dict[str, Any]:
+    """hyperparameters.json -> values: the SDK JSON-encodes each value into a string ("\\"train\\"",
+    "0.001", "[\\"a\\"]"); a string that is not JSON is taken as it is."""
+    raw = read_json_object(path)
     values = {}
     for key, value in raw.items():
         if isinstance(value, str):
@@ -144,9 +150,12 @@ def _channel_input(layout: Layout, name: str) -> str | None:
 
 
 def _eval_models(layout: Layout, values: dict[str, Any]) -> dict[str, Any]:
-    models = list(values.get("models") or values.pop("model", None) or [])
-    if isinstance(models, str):
-        models = [models]
+    """The eval stage's --model entries: the hyperparameters' ``models`` (or ``model``), then the
+    teacher and student channels."""
+    models = []
+    for key in ("models", "model"):
+        given = values.pop(key, None) or []
+        models += [given] if isinstance(given, str) else list(given)
     for name in ("teacher", "student"):
         path = _channel_input(layout, name)
         if path is not None:
@@ -223,13 +232,12 @@ def _run(layout: Layout) -> int:
     values["out"] = str(state)
     values.pop("progress", None)
     os.environ["DISTILL_PRINT_METRICS"] = "1"
-    layer = Layer(where, values)
     if stage == "train":
         from distill.train import load_train_config
         from distill.train import run as train
 
         config = load_train_config(Layer(where, {**values, "resume": values.get("resume", True)}), {})
-        hosts = json.loads(layout.resourceconfig.read_text()) if layout.resourceconfig.is_file() else None
+        hosts = read_json_object(layout.resourceconfig) if layout.resourceconfig.is_file() else None
         nproc = _nproc_per_node()
         if (hosts and len(hosts.get("hosts", [])) > 1) or nproc > 1:
             return _torchrun_train(layout, hosts or {"current_host": "local", "hosts": ["local"]}, nproc, config)

@@ -68,10 +68,6 @@ class StopRequest:
         if self.requested:
             raise self.preempted(what)
 
-    def reset(self) -> None:
-        """Forget a request (tests; a process that handled one and goes on)."""
-        self.signum = self.at = None
-
 
 STOP = StopRequest()
 

@@ -150,3 +150,12 @@ def test_an_eval_job_writes_the_report_and_a_failed_gate_fails_the_job(tiny_teac
     assert set(report["models"]) == {"teacher", "student"} and report["gate"]["passed"] is False
     assert (root / "output" / "failure").read_text().startswith("gate: student.score > 1.5 -> FAILED")
     assert re.search(METRIC_DEFINITIONS[-1]["Regex"], proc.stdout)
+
+
+def test_a_damaged_resourceconfig_names_the_file(tiny_student_dir, kd_corpus, tmp_path):
+    root = ml_tree(tmp_path / "ml", {"stage": "train", "max_steps": 2}, {"corpus": kd_corpus, "student": tiny_student_dir})
+    (root / "input" / "config" / "resourceconfig.json").write_text('{"current_host": "algo-1",\n "hosts": [')
+    proc = run_job(root)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    failure = (root / "output" / "failure").read_text()
+    assert failure.startswith(str(root / "input" / "config" / "resourceconfig.json") + ":2: invalid JSON"), failure

@@ -180,7 +180,6 @@ class CorpusWriter:
         self.top_k = top_k
         self.worker = worker
         self.grid = encoding.Grid(int(logprob_scale), float(logprob_alpha), LOGPROB_MAX_STEP)
-        self.logprob_scale = self.grid.scale
         self.row_group_size = row_group_size
         self.identity = {**identity, "num_shards": num_shards, "top_k": top_k, **self.grid.manifest(),
                          "schema_version": SCHEMA_VERSION}

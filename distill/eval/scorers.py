@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from distill.config import ConfigError
+from distill.dedup import words
 from distill.prompts import normalize_text
 
 KNOWN_SCORERS = ("exact", "regex:PATTERN", "numeric[:TOL|:TOL%]", "contains", "python:module:function", "judge")
@@ -410,14 +411,10 @@ def agreement_with_teacher(scorer: Scorer, text: str, teacher_text: str) -> floa
         answer = extract_answer(scorer, text) if text.strip() else None
         agree = answers_agree(scorer, answer, teacher_answer)
         return None if agree is None else float(agree)
-    reference = _words(teacher_text)
+    reference = words(teacher_text)
     if not reference:
         return None
-    return rouge_l_f1(_words(text), reference)
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", normalize_text(text))
+    return rouge_l_f1(words(text), reference)
 
 
 # ---------------------------------------------------------------- LLM-as-judge

@@ -117,8 +117,10 @@ class Teacher(Protocol):
     tokenizer: Any
     max_context: int
     backend: str
-    # Capabilities (read with getattr and these defaults): whether ``score`` works (log-probs of
-    # given text), and whether ``SamplingParams.json_schema`` is enforced during decoding.
+    # Capabilities (read with getattr and these defaults; cheap, unlike ``fingerprint``): whether
+    # the teacher returns text only, whether ``score`` works (log-probs of given text), and whether
+    # ``SamplingParams.json_schema`` is enforced during decoding.
+    black_box: bool = False
     can_score: bool = True
     structured_output: bool = False
 

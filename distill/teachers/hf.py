@@ -451,6 +451,7 @@ class HFTeacher:
     """A local (or cached) Hugging Face causal LM as the teacher. The model loads on first use."""
 
     backend = "hf"
+    black_box = False
     can_score = True
     structured_output = False  # no constrained decoding here: the meta-prompt and the parser carry the output contract
 

@@ -79,7 +79,7 @@ def score_positions(entries: Sequence[Any] | None, prompt_len: int, num_response
     total = prompt_len + num_response
     if entries is None or len(entries) < total:
         raise TeacherError(f"{where}: expected {total} prompt log-prob positions, got "
-                           f"{None if entries is None else len(entries)} (is the server vLLM, with prefix caching off?)")
+                           f"{None if entries is None else len(entries)} (is the server vLLM >= 0.32, which computes every prompt position for prompt_logprobs requests?)")
     if prompt_len == 0:
         raise TeacherError(f"{where}: an empty prompt leaves the first response token unscored")
     response = entries[prompt_len:total]

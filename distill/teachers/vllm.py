@@ -304,6 +304,7 @@ class VLLMTeacher:
     """See the module docstring. Build with ``from_recipe``; the engine starts on first use."""
 
     backend = "vllm"
+    black_box = False
     can_score = True
     structured_output = True  # SamplingParams.json_schema -> vLLM structured outputs (guided decoding)
 
@@ -324,7 +325,6 @@ class VLLMTeacher:
         self.params_factory = params_factory
         self.stats: dict[str, Any] = {"skipped_overlength": 0, "skipped_keys": []}
         self._engine: Any = None
-        self._engine_prefix_caching: bool | None = None
         self._replicas: list[Any] = []
 
     @classmethod
@@ -373,16 +373,13 @@ class VLLMTeacher:
 
     def _ensure_engines(self) -> None:
         """Start the engine(s) once; generate and score share them (see the module docstring)."""
-        wanted = self.config.enable_prefix_caching
-        if (self._engine is not None or self._replicas) and self._engine_prefix_caching == wanted:
+        if self._engine is not None or self._replicas:
             return
-        self.close()
         kwargs = self._llm_kwargs(True)
         if self.config.data_parallel_size == 1:
             self._engine = self.engine_factory(kwargs)
         else:
             self._start_replicas(kwargs)
-        self._engine_prefix_caching = wanted
 
     def _start_replicas(self, kwargs: dict[str, Any]) -> None:
         import multiprocessing as mp

@@ -181,11 +181,13 @@ def run_loop(engine: Engine, plan: LoopPlan, log: Callable[[dict[str, Any]], Non
                              tok_s=f"{last['tokens_per_s']:.0f}")
         if plan.eval_batches and config.eval_every and step % config.eval_every == 0 and step < plan.total_steps:
             log(evaluate(engine, plan.eval_batches, step, plan.top_k))
-        if config.save_every and step % config.save_every == 0 and step < plan.total_steps:
+        periodic = bool(config.save_every and step % config.save_every == 0 and step < plan.total_steps)
+        if periodic:
             save(step, epoch, step_in_epoch)
         if step < plan.total_steps and requested_on_any_rank(engine.accelerator):
             started = time.monotonic()
-            save(step, epoch, step_in_epoch)
+            if not periodic:  # this step's checkpoint may already be on disk
+                save(step, epoch, step_in_epoch)
             raise STOP.preempted(f"checkpoint of step {step} of {plan.total_steps} written in "
                                  f"{time.monotonic() - started:.1f} s", "rerun the same command with --resume to continue")
     final_eval = evaluate(engine, plan.eval_batches, step, plan.top_k) if plan.eval_batches else None

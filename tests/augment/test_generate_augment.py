@@ -98,6 +98,11 @@ def test_generate_augment_then_inspect(tmp_path, tiny_teacher_dir, monkeypatch):
     # the augmentation folder alone: its yield
     alone = CliRunner().invoke(main, ["inspect", str(out / "augment")])
     assert alone.exit_code == 0 and f"yield       {candidates} candidates" in alone.output, alone.output
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "augment.json").write_text('{"kind": "distill-augment"')
+    bad_inspect = CliRunner().invoke(main, ["inspect", str(damaged)])
+    assert bad_inspect.exit_code == 2 and f"{damaged / 'augment.json'}: not a distill augment manifest" in bad_inspect.output
 
     # Synthetic rows carry their lineage into the corpus.
     from distill.corpus import open_corpus
