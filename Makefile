@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test test-fast demo contract bench clean docs
+.PHONY: install test test-fast demo contract image-test bench clean docs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ $(CONTRACT_VENV)/.installed: pyproject.toml
 
 contract: $(CONTRACT_VENV)/.installed
 	$(CPY) -m pytest -q -m contract tests/contract; rc=$$?; if [ $$rc -eq 5 ]; then echo "no contract tests collected"; exit 1; fi; exit $$rc
+
+# The container image for real: a Docker daemon (installed and started when missing), a Debian base
+# image made locally, `docker build --target cpu -t distill:cpu`, hadolint, then tests/image against
+# the image: --version, the demo, the SageMaker contract, docker stop in train and generate.
+image-test: install
+	PYTHON=$(PY) bash scripts/image_test.sh
 
 clean:
 	rm -rf $(VENV) $(CONTRACT_VENV) build dist *.egg-info

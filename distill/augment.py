@@ -47,6 +47,7 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 
 from distill.atomic import atomic_write_text
+from distill.build_info import build_info
 from distill.config import ConfigError, bad, field
 from distill.lock import FolderLock
 from distill.stop import STOP
@@ -1152,6 +1153,7 @@ def write_outputs(out_dir: Path, result: AugmentResult, manifest_extra: dict[str
         **manifest_extra,
         "files": {"prompts.jsonl": {"rows": len(lines), "sha256": hashlib.sha256(prompts_text.encode("utf-8")).hexdigest()}},
         "augmentation": result.stats,
+        "build": build_info(),
     }
     atomic_write_text(out_dir / "augment.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest

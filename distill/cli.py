@@ -15,7 +15,6 @@ from typing import Any
 
 import click
 
-from distill import __version__
 from distill.augment import AugmentConfig
 from distill.errors import DistillError, ExitCode, describe_os_error
 from distill.eval import EvalConfig
@@ -48,8 +47,18 @@ class DistillGroup(click.Group):
         sys.exit(int(code))
 
 
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from distill.build_info import version_text
+
+    click.echo(version_text())
+    ctx.exit()
+
+
 @click.group(cls=DistillGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
-@click.version_option(__version__, prog_name="distill")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="print distill's version and those of torch, CUDA, transformers, DeepSpeed, vLLM and the image")
 # The deepspeed launcher inserts --local_rank=N after the module name; the rank comes from the
 # environment (LOCAL_RANK) anyway, so accept and ignore it.
 @click.option("--local_rank", "--local-rank", type=int, hidden=True, expose_value=False)
@@ -65,6 +74,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     distill train      student learns from it: KD (top-k) + SFT, DeepSpeed-ready
     distill eval       score models on a suite, compare, gate
     distill inspect    summarize a corpus
+    distill demo       the whole pipeline on the shipped demo teacher (CPU, minutes)
 
     Exit codes: 0 ok, 1 unexpected error, 2 bad input, 3 gate failed, 4 a model failed to evaluate,
     5 training diverged, 6 lock held, 7 nothing to do, 74 storage refused, 75 preempted (rerun to
@@ -142,6 +152,32 @@ def inspect_command(corpus_dirs: tuple[str, ...], as_json: bool, samples: int, v
     from distill.inspect import run
 
     run(list(corpus_dirs), as_json=as_json, samples=samples, verify=verify)
+
+
+@main.command("demo")
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(), help="folder for everything the demo writes")
+@click.option("--seed", default=0, show_default=True, type=int, help="seed of augmentation and training")
+@click.option("--smoke", is_flag=True, help="a run of seconds that takes every step: 16 prompts, 4 train steps, 8 suite prompts")
+def demo_command(out: str, seed: int, smoke: bool) -> None:
+    """The whole pipeline on the shipped demo teacher, on CPU: generate, train, eval (minutes).
+
+    Runs the shipped scripts/demo.sh (what `make demo` runs): plain `distill` calls you can copy.
+    """
+    import shutil
+
+    from distill.recipes import shipped_dir
+
+    bash = shutil.which("bash")
+    if bash is None:
+        raise DistillError("distill demo: bash not found on PATH (the demo is a bash script of distill calls)")
+    script = shipped_dir("scripts") / "demo.sh"
+    bin_dir = os.path.dirname(sys.executable)  # the `distill` next to this Python
+    env = {**os.environ, "RUN": out, "SEED": str(seed), "DATA": str(shipped_dir("data")),
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    if smoke:
+        env.update({"AUGMENT": "16", "STEPS": "4", "LIMIT": "8"})
+    sys.stdout.flush()
+    os.execve(bash, [bash, str(script)], env)  # the script's exit status is the command's
 
 
 def entry() -> None:

@@ -27,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from distill.build_info import build_info
 from distill.config import ConfigError, bad, field
 from distill.corpus.schema import DEFAULT_LOGPROB_ALPHA, DEFAULT_LOGPROB_SCALE
 from distill.stop import STOP
@@ -401,6 +402,7 @@ def run(config: GenerateConfig) -> dict[str, Any]:
             "ingest": ingest_stats,
             "augmentation": augmentation,  # prompt augmentation's stats when it ran
             "stats": stats,
+            "build": build_info(),  # distill, torch, CUDA, vLLM versions; the image's build record inside one
         })
     finally:
         teacher.close()

@@ -11,11 +11,11 @@ from pathlib import Path
 
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-SHIPPED_FOLDERS = ("teachers", "students", "data", "eval")
+SHIPPED_FOLDERS = ("teachers", "students", "data", "eval", "scripts")  # scripts: demo.sh only
 
 
 def shipped_dir(folder: str) -> Path:
-    """The shipped folder ``folder`` (one of teachers, students, data, eval)."""
+    """The shipped folder ``folder`` (one of SHIPPED_FOLDERS)."""
     assert folder in SHIPPED_FOLDERS, folder
     for candidate in (_PACKAGE_DIR / "_shipped" / folder, _PACKAGE_DIR.parent / folder):
         if candidate.is_dir():

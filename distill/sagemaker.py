@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -40,11 +41,15 @@ from typing import Any
 
 from distill.config import ConfigError, Layer
 from distill.errors import DistillError, ExitCode, describe_os_error
+from distill.stop import STOP
 
 ROOT_ENV = "DISTILL_SAGEMAKER_ROOT"
 DEFAULT_ROOT = "/opt/ml"
 STAGES = ("generate", "augment", "train", "eval")
 FAILURE_CHARS = 1024
+# torchrun's wait for its workers to checkpoint after SIGTERM, before it kills them: inside the
+# 120 s SageMaker leaves between SIGTERM and SIGKILL (DISTILL_STOP_GRACE_S overrides)
+STOP_GRACE_S = 110
 # channel -> the stage config key it fills; a channel holding one file gives that file's path
 CHANNELS = {
     "generate": {"prompts": "prompts", "teacher": "teacher"},
@@ -280,6 +285,21 @@ def _run(layout: Layout) -> int:
     return 0
 
 
+def _run_forwarding_stop(cmd: list[str]) -> int:
+    """Run ``cmd``; a SIGTERM this process gets is passed on to it once. torchrun then sends SIGTERM
+    to its workers (they are in sessions of their own, out of reach of a signal to our group) and
+    waits ``--shutdown_timeout`` seconds for them to checkpoint before it kills them."""
+    proc = subprocess.Popen(cmd)
+    forwarded = False
+    while True:
+        try:
+            return proc.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if STOP.requested and not forwarded:
+                proc.send_signal(signal.SIGTERM)
+                forwarded = True
+
+
 def _torchrun_train(layout: Layout, resourceconfig: dict[str, Any], nproc: int, config: Any) -> int:
     """``distill train`` under torchrun on this node, with the job's validated config as a file."""
     import dataclasses
@@ -292,10 +312,13 @@ def _torchrun_train(layout: Layout, resourceconfig: dict[str, Any], nproc: int, 
     plain = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
     config_file.write_text(yaml.safe_dump(plain, sort_keys=True))
     port = int(os.environ.get("DISTILL_MASTER_PORT", "29500"))
+    grace = int(os.environ.get("DISTILL_STOP_GRACE_S", STOP_GRACE_S))
     cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args(resourceconfig, nproc, port),
-           "-m", "distill", "train", "--config", str(config_file)]
+           "--shutdown_timeout", str(grace), "-m", "distill", "train", "--config", str(config_file)]
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
-    code = subprocess.call(cmd)
+    code = _run_forwarding_stop(cmd)
+    if STOP.requested:  # the workers saw SIGTERM at a step boundary and checkpointed together
+        raise STOP.preempted(f"the workers' checkpoint is in {state / 'checkpoints'}", "rerun the same job to resume")
     if code != 0:
         reason = f"distill train under torchrun exited {code}; see the log above"
         if layout.failure.exists():

@@ -6,7 +6,7 @@
 # Everything lands under $RUN (default runs/demo); the report is $RUN/eval/report.{md,json}.
 # Exit status: 0 when every step ran (the gate's verdict is printed), else the failing step's.
 #
-#   scripts/demo.sh                    # what `make demo` runs
+#   scripts/demo.sh                    # what `make demo` runs (and `distill demo`, e.g. in the image)
 #   RUN=runs/demo-s1 SEED=1 scripts/demo.sh
 #   KD=0 scripts/demo.sh               # the student on SFT alone (KD = --kd-weight, default 0.2)
 #   AUGMENT=16 STEPS=4 LIMIT=8 scripts/demo.sh   # a smoke run (seconds): LIMIT = first N suite prompts
@@ -15,6 +15,7 @@ set -euo pipefail
 RUN=${RUN:-runs/demo}
 SEED=${SEED:-0}
 TEACHER=${TEACHER:-demo}
+DATA=${DATA:-data}        # the shipped data folder (distill demo points it into the installed package)
 AUGMENT=${AUGMENT:-4000}  # synthetic prompts; sizes and step counts tried: bench/demo.md, bench/student_recipe.md
 STEPS=${STEPS:-2000}
 KD=${KD:-0.2}
@@ -28,8 +29,8 @@ run() { printf '$ %s\n' "$*"; "$@"; }
 step "1/4  teacher: 64 seeds -> $AUGMENT synthetic prompts -> greedy responses with top-20 log-probs"
 # New prompts are sampled (diversity); answers are greedy (a task with one right answer): the
 # stored top-20 log-probs are the teacher's full temperature-1 distribution either way.
-run distill generate --teacher "$TEACHER" --prompts data/demo/seeds.jsonl --out "$RUN/corpus" \
-    --augment "$AUGMENT" --augment-config data/demo/augment.yaml --decontaminate demo --seed "$SEED" \
+run distill generate --teacher "$TEACHER" --prompts "$DATA/demo/seeds.jsonl" --out "$RUN/corpus" \
+    --augment "$AUGMENT" --augment-config "$DATA/demo/augment.yaml" --decontaminate demo --seed "$SEED" \
     --temperature 0 --top-k 20 --max-new-tokens 64 --batch-size 256 --no-progress
 
 # Steps 2 and 3 run side by side, one CPU thread each (tiny models gain little from a second
@@ -37,7 +38,7 @@ run distill generate --teacher "$TEACHER" --prompts data/demo/seeds.jsonl --out 
 step "2/4  baseline, in the background: the 64 seeds with their labelled answers -> the same student recipe and step budget, SFT alone (log: $RUN/baseline.log)"
 export OMP_NUM_THREADS=1
 (
-    run distill generate --teacher "$TEACHER" --prompts data/demo/seeds.jsonl --out "$RUN/seeds_corpus" \
+    run distill generate --teacher "$TEACHER" --prompts "$DATA/demo/seeds.jsonl" --out "$RUN/seeds_corpus" \
         --responses reference --top-k 20 --max-new-tokens 64 --seed "$SEED" --no-progress
     run distill train --student demo --corpus "$RUN/seeds_corpus" --out "$RUN/seeds_only" \
         --kd-weight 0 --max-steps "$STEPS" --seed "$SEED"

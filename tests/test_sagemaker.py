@@ -137,6 +137,56 @@ def test_two_processes_on_one_node_under_torchrun(tiny_student_dir, kd_corpus, t
     assert (root / "model" / "config.json").is_file()
 
 
+@pytest.mark.slow
+def test_sigterm_reaches_the_torchrun_workers_which_checkpoint_and_the_rerun_matches(tiny_student_dir, kd_corpus, tmp_path):
+    """A stopped or interrupted 2-process job: SageMaker signals the container's process, which
+    passes it to torchrun, which passes it to the workers (their own sessions); they checkpoint at
+    the same step, the job exits 75, and the job run again continues to the uninterrupted losses."""
+    import socket
+    import time
+
+    from tests.train.conftest import read_metrics
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    hyper = {"stage": "train", "max_steps": 60, "tokens_per_batch": 256, "max_seq_len": 64, "lr": 0.001, "save_every": 0}
+    channels = {"corpus": kd_corpus, "student": tiny_student_dir}
+    env = {"DISTILL_NPROC_PER_NODE": "2", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}
+    ref = ml_tree(tmp_path / "ref", hyper, channels, host="localhost")
+    assert run_job(ref, {**env, "DISTILL_MASTER_PORT": str(free_port())}).returncode == 0
+    root = ml_tree(tmp_path / "ml", hyper, channels, host="localhost")
+    full_env = {**os.environ, "DISTILL_SAGEMAKER_ROOT": str(root), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                "PYTHONPATH": str(REPO), **env, "DISTILL_MASTER_PORT": str(free_port())}
+    proc = subprocess.Popen([sys.executable, "-m", "distill", "train"], env=full_env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    state = root / "checkpoints" / "train"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not ((state / "metrics.jsonl").is_file()
+                                               and any("loss" in m for m in read_metrics(state))):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # to the job's own process only, as tini passes docker stop's signal on
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the stopped job did not exit within 120 s")
+    assert proc.returncode == 75, stderr[-3000:]
+    (checkpoint,) = (state / "checkpoints").glob("step-*")
+    assert int(checkpoint.name.split("-")[1]) < 60 and not (root / "model" / "config.json").exists()
+    assert "rerun the same job to resume" in (root / "output" / "failure").read_text()
+    again = run_job(root, {**env, "DISTILL_MASTER_PORT": str(free_port())})
+    assert again.returncode == 0, again.stderr[-3000:]
+    got = {m["step"]: m["loss"] for m in read_metrics(state) if "loss" in m}
+    want = {m["step"]: m["loss"] for m in read_metrics(ref / "checkpoints" / "train") if "loss" in m}
+    assert sorted(got) == sorted(want) == list(range(1, 61))
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), step
+    assert (root / "model" / "config.json").is_file()
+
+
 def test_an_eval_job_writes_the_report_and_a_failed_gate_fails_the_job(tiny_teacher_dir, tmp_path):
     suite = tmp_path / "suite.jsonl"
     suite.write_text("".join(json.dumps({"prompt": f"What is {i} plus 1?", "reference": str(i + 1), "scorer": "contains"})

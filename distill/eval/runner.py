@@ -321,6 +321,7 @@ def _teacher_and_judge(config: EvalConfig, models: dict[str, str], suite: Suite)
 def _new_report(config: EvalConfig, suite: Suite, judge_name: str | None) -> dict[str, Any]:
     """The report before any model ran: suite, settings, methods; filled in as models finish."""
     from distill import __version__
+    from distill.build_info import build_info
 
     report: dict[str, Any] = {
         "models": {},
@@ -348,6 +349,7 @@ def _new_report(config: EvalConfig, suite: Suite, judge_name: str | None) -> dic
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     report["distill_version"] = __version__
+    report["build"] = build_info()
     return report
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from distill.atomic import atomic_write_text
+from distill.build_info import build_info
 from distill.config import ConfigError
 from distill.errors import TrainingDiverged
 from distill.lock import FolderLock
@@ -304,10 +305,30 @@ def save_final(accelerator, wrapper, inputs: Inputs, lora_config, out: Path) -> 
             tok = inputs.tokenizer
             generation = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         fresh.generation_config = generation
+        record = student_record(inputs, lora_config is not None)
         _save_dir(final, lambda tmp: (fresh.save_pretrained(str(tmp), safe_serialization=True),
-                                      inputs.tokenizer.save_pretrained(str(tmp))))
+                                      inputs.tokenizer.save_pretrained(str(tmp)),
+                                      (tmp / STUDENT_RECORD).write_text(json.dumps(record, indent=2) + "\n")))
     accelerator.wait_for_everyone()
     return final
+
+
+STUDENT_RECORD = "distill.json"
+
+
+def student_record(inputs: Inputs, lora: bool) -> dict[str, Any]:
+    """final/distill.json: where the student came from (its start, the corpora and their teacher)
+    and what built it (versions, the image's build record)."""
+    manifests = inputs.corpus.manifests
+    return {
+        "kind": "distill-student",
+        "start": inputs.source.origin,
+        "lora_merged": lora,
+        "corpora": [{"identity_sha256": m.get("identity_sha256"), "rows": m.get("rows"),
+                     "teacher": {k: (m.get("teacher") or {}).get(k) for k in ("name", "model", "weights_sha256")}}
+                    for m in manifests],
+        "build": build_info(),
+    }
 
 
 def _save_dir(target: Path, write: Callable[[Path], Any]) -> None:

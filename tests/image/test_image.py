@@ -1,0 +1,232 @@
+"""The container image, for real: `make image-test` builds the cpu target (distill:cpu) and runs
+these against it (DISTILL_IMAGE names the image). Every container starts with ``--network none``,
+as the image's own user and as an arbitrary UID in group 0 (``--user 12345:0``, as OpenShift-style
+clusters start images); host folders are mounted where SageMaker and users put them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_sagemaker import ml_tree
+from tests.train.conftest import read_metrics
+
+IMAGE = os.environ.get("DISTILL_IMAGE")
+pytestmark = pytest.mark.skipif(not IMAGE, reason="needs the image: `make image-test` builds distill:cpu and runs these")
+USERS = [None, "12345:0"]  # None: the image's own user (UID 10001, group 0)
+ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def open_up(path: Path) -> Path:
+    """Let any UID of the container write there (a host folder mounted into the container)."""
+    for folder, dirs, files in os.walk(path):
+        os.chmod(folder, 0o777)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o666)
+    return path
+
+
+def docker_args(args: list[str], *, user: str | None = None, mounts: dict[Path, str] | None = None,
+                env: dict[str, str] | None = None, name: str | None = None, extra: list[str] | None = None) -> list[str]:
+    cmd = ["docker", "run", "--network", "none", "--name", name or f"distill-test-{uuid.uuid4().hex[:10]}"]
+    if user:
+        cmd += ["--user", user]
+    for host, target in (mounts or {}).items():
+        cmd += ["-v", f"{host}:{target}"]
+    for key, value in {**ENV, **(env or {})}.items():
+        cmd += ["-e", f"{key}={value}"]
+    return cmd + (extra or []) + [IMAGE, *args]
+
+
+def run(args: list[str], timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
+    """``docker run IMAGE ARGS`` to the end; the container is removed afterwards."""
+    cmd = docker_args(args, **kwargs)
+    name = cmd[cmd.index("--name") + 1]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{' '.join(cmd)} ran past {timeout} s")
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def sagemaker_job(root: Path, user: str | None, env: dict[str, str] | None = None, timeout: int = 600,
+                  extra: list[str] | None = None) -> subprocess.CompletedProcess:
+    """What SageMaker does: ``docker run IMAGE train`` with the job's tree at /opt/ml."""
+    return run(["train"], user=user, mounts={open_up(root): "/opt/ml"}, env=env, timeout=timeout, extra=extra)
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_version_names_the_build(user):
+    proc = run(["--version"], user=user, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^distill \d+\.\d+\.\d+$", proc.stdout.splitlines()[0])
+    assert "torch: 2.13.0" in proc.stdout and "cuda: -" in proc.stdout
+    assert re.search(r"image: target=cpu, commit=[0-9a-f]{40}", proc.stdout), proc.stdout
+
+
+def test_the_demo_runs_in_the_image(tmp_path):
+    """What the README promises: `docker run IMAGE demo`, the whole demo (teacher corpus, student,
+    baseline, eval), into the user's folder mounted as the working directory."""
+    started = time.monotonic()
+    proc = run(["demo"], mounts={open_up(tmp_path): "/work"}, env={"OMP_NUM_THREADS": "2"}, timeout=1500)
+    print(f"docker run distill:cpu demo: {time.monotonic() - started:.0f} s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "gate: student.score >= 0.95 * teacher.score" in proc.stdout
+    report = json.loads((tmp_path / "runs" / "demo" / "eval" / "report.json").read_text())
+    assert set(report["models"]) == {"teacher", "student", "seeds_only"}
+    assert report["build"]["image"]["target"] == "cpu"
+    print("demo scores:", {k: round(v["score"], 3) for k, v in report["models"].items()})
+
+
+def test_the_smoke_demo_runs_as_an_arbitrary_uid(tmp_path):
+    proc = run(["demo", "--smoke", "--out", "/work/smoke"], user="12345:0", mounts={open_up(tmp_path): "/work"}, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "smoke" / "student" / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_a_sagemaker_train_job_writes_a_loadable_student(user, tiny_student_dir, kd_corpus, tmp_path):
+    root = ml_tree(tmp_path / "ml", {"stage": "train", "max_steps": 4, "tokens_per_batch": 256, "max_seq_len": 64,
+                                     "lr": 0.001}, {"corpus": kd_corpus, "student": tiny_student_dir})
+    proc = sagemaker_job(root, user)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(root / "model")
+    assert sum(p.numel() for p in model.parameters()) > 0
+    record = json.loads((root / "model" / "distill.json").read_text())
+    assert record["build"]["image"]["target"] == "cpu" and record["build"]["torch"].startswith("2.13.0")
+    assert re.search(r"metric: step=4 .*\bloss=", proc.stdout + proc.stderr)
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_a_sagemaker_generate_job_writes_a_corpus(user, tiny_teacher_dir, tmp_path):
+    from distill.corpus import open_corpus
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"prompt": f"What is {i} plus {i}?"}) + "\n" for i in range(5)))
+    root = ml_tree(tmp_path / "ml", {"stage": "generate", "max_new_tokens": 6, "top_k": 4, "batch_size": 4},
+                   {"prompts": seeds, "teacher": tiny_teacher_dir})
+    proc = sagemaker_job(root, user)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    corpus = open_corpus(root / "model")
+    assert corpus.num_rows == 5 and corpus.top_k == 4
+    assert corpus.manifests[0]["build"]["image"]["target"] == "cpu"
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_a_bad_hyperparameter_fails_the_job_with_a_reason(user, tiny_student_dir, kd_corpus, tmp_path):
+    root = ml_tree(tmp_path / "ml", {"stage": "train", "max_stepz": 3}, {"corpus": kd_corpus, "student": tiny_student_dir})
+    proc = sagemaker_job(root, user, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    failure = (root / "output" / "failure").read_text()
+    assert failure.startswith("hyperparameters.json: max_stepz: unknown key") and len(failure) <= 1024
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_two_processes_in_one_container_from_resourceconfig(user, tiny_student_dir, kd_corpus, tmp_path):
+    root = ml_tree(tmp_path / "ml", {"stage": "train", "max_steps": 3, "tokens_per_batch": 256, "max_seq_len": 64,
+                                     "lr": 0.001}, {"corpus": kd_corpus, "student": tiny_student_dir})
+    proc = sagemaker_job(root, user, env={"DISTILL_NPROC_PER_NODE": "2", "DS_ACCELERATOR": "cpu"},
+                         extra=["--add-host", "algo-1:127.0.0.1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--nnodes 1 --node_rank 0 --nproc_per_node 2 --master_addr algo-1 --master_port 29500" in proc.stderr
+    assert "2 process(es)" in proc.stdout + proc.stderr
+    assert (root / "model" / "config.json").is_file()
+
+
+def stop_container(name: str, ready, timeout: float = 300) -> tuple[float, int]:
+    """Wait until ``ready()``, then ``docker stop -t 120`` (SIGTERM, SIGKILL 120 s later, as
+    SageMaker stops a job); returns (seconds from the stop to the exit, exit code)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        state = subprocess.run(["docker", "inspect", "--format", "{{.State.Running}}", name], capture_output=True, text=True)
+        if state.stdout.strip() == "false":
+            logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+            pytest.fail(f"the container ended before it was stopped: {logs.stderr[-3000:]}")
+        assert time.monotonic() < deadline, "the container never got to the point to stop it at"
+        time.sleep(0.1)
+    sent = time.monotonic()
+    subprocess.run(["docker", "stop", "-t", "120", name], check=True, capture_output=True)
+    took = time.monotonic() - sent
+    code = subprocess.run(["docker", "inspect", "--format", "{{.State.ExitCode}}", name], capture_output=True, text=True)
+    return took, int(code.stdout.strip())
+
+
+def test_docker_stop_during_train_checkpoints_and_the_same_run_resumes_to_the_same_losses(tiny_student_dir, kd_corpus, tmp_path):
+    hyper = {"stage": "train", "max_steps": 300, "tokens_per_batch": 512, "max_seq_len": 64, "lr": 0.001, "save_every": 0}
+    channels = {"corpus": kd_corpus, "student": tiny_student_dir}
+    ref = ml_tree(tmp_path / "ref", hyper, channels)
+    assert sagemaker_job(ref, None).returncode == 0
+    root = ml_tree(tmp_path / "ml", hyper, channels)
+    name = f"distill-stop-{uuid.uuid4().hex[:8]}"
+    subprocess.run(docker_args(["train"], mounts={open_up(root): "/opt/ml"}, name=name, extra=["-d"]), check=True,
+                   capture_output=True)
+    state = root / "checkpoints" / "train"
+    try:
+        took, code = stop_container(name, lambda: (state / "metrics.jsonl").is_file()
+                                    and any("loss" in m for m in read_metrics(state)))
+        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    print(f"train: docker stop -> exit in {took:.1f} s")
+    assert code == 75, logs[-3000:]
+    assert re.search(r"error: SIGTERM: checkpoint of step \d+ of 300 written in .*; stopped [0-9.]+ s after the signal", logs), logs[-2000:]
+    (checkpoint,) = (state / "checkpoints").glob("step-*")
+    assert int(checkpoint.name.split("-")[1]) < 300 and took < 60
+    again = sagemaker_job(root, None)  # the same `docker run`: resume is automatic in a job
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stderr
+    got = {m["step"]: m["loss"] for m in read_metrics(state) if "loss" in m}
+    want = {m["step"]: m["loss"] for m in read_metrics(ref / "checkpoints" / "train") if "loss" in m}
+    assert sorted(got) == sorted(want) == list(range(1, 301))
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-6, abs=1e-7), step
+
+
+def test_docker_stop_during_generate_keeps_whole_shards_and_the_same_run_completes_the_exact_corpus(tiny_teacher_dir, tmp_path):
+    from distill.corpus import open_corpus
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"prompt": f"Question {i}: what is {i} plus {i + 1}?"}) + "\n" for i in range(120)))
+    hyper = {"stage": "generate", "max_new_tokens": 24, "top_k": 5, "temperature": 0.7, "top_p": 0.9,
+             "rows_per_shard": 4, "batch_size": 1}
+    channels = {"prompts": seeds, "teacher": tiny_teacher_dir}
+    ref = ml_tree(tmp_path / "ref", hyper, channels)
+    assert sagemaker_job(ref, None).returncode == 0
+    root = ml_tree(tmp_path / "ml", hyper, channels)
+    name = f"distill-stop-{uuid.uuid4().hex[:8]}"
+    subprocess.run(docker_args(["train"], mounts={open_up(root): "/opt/ml"}, name=name, extra=["-d"]), check=True,
+                   capture_output=True)
+    data = root / "checkpoints" / "generate" / "data"
+    try:
+        took, code = stop_container(name, lambda: len(list(data.glob("train-*.parquet"))) >= 2)
+        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    print(f"generate: docker stop -> exit in {took:.1f} s")
+    assert code == 75, logs[-3000:]
+    assert re.search(r"shard\(s\) committed", logs) and took < 60, logs[-2000:]
+    assert not (root / "checkpoints" / "generate" / "manifest.json").exists()
+    shards = len(list(data.glob("train-*.parquet")))
+    assert 2 <= shards < 30
+    again = sagemaker_job(root, None)
+    assert again.returncode == 0, again.stderr[-3000:]
+    a = {r.id: r for r in open_corpus(root / "model").iter_rows()}
+    b = {r.id: r for r in open_corpus(ref / "model").iter_rows()}
+    assert sorted(a) == sorted(b) and len(a) == 120
+    for key, row in a.items():
+        np.testing.assert_array_equal(row.response_ids, b[key].response_ids)
+        np.testing.assert_array_equal(row.topk_ids, b[key].topk_ids)
+        np.testing.assert_array_equal(row.topk_logprobs, b[key].topk_logprobs)
+    shutil.rmtree(tmp_path / "ref", ignore_errors=True)
