@@ -21,11 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from distill.build_info import build_info
 from distill.config import ConfigError, bad, field
@@ -34,12 +35,28 @@ from distill.stop import STOP
 from distill.teachers import BACKENDS, Backend
 
 
-def parse_shard(spec: str) -> tuple[int, int]:
-    """'i/N' -> (i, N) with 0 <= i < N."""
+SHARD_INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by a Kubernetes Indexed Job in each pod
+SHARD_COUNT_ENV = "DISTILL_SHARD_COUNT"
+
+
+def parse_shard(spec: str, environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """'i/N' -> (i, N) with 0 <= i < N. ``auto`` takes i from $JOB_COMPLETION_INDEX (a Kubernetes
+    Indexed Job sets it) and N from $DISTILL_SHARD_COUNT; ``auto/N`` gives N itself."""
+    environ = os.environ if environ is None else environ
+    head, _, tail = spec.partition("/")
+    if head == "auto":
+        index_text = environ.get(SHARD_INDEX_ENV)
+        count_text = tail or environ.get(SHARD_COUNT_ENV)
+        if index_text is None:
+            raise ValueError(f"auto: ${SHARD_INDEX_ENV} is not set (a Kubernetes Indexed Job sets it); "
+                             "elsewhere give i/N")
+        if not count_text:
+            raise ValueError(f"auto: the worker count is missing: give auto/N or set ${SHARD_COUNT_ENV}")
+        spec = f"{index_text}/{count_text}"
     try:
         index, count = (int(x) for x in spec.split("/"))
     except ValueError:
-        raise ValueError(f"must look like i/N (e.g. 0/4), got {spec!r}") from None
+        raise ValueError(f"must look like i/N (e.g. 0/4) or auto, got {spec!r}") from None
     if not 0 <= index < count:
         raise ValueError(f"{spec}: need 0 <= i < N")
     return index, count
@@ -62,7 +79,9 @@ class GenerateConfig:
     seed: int = field(0, help="base seed: each row's sampling seed derives from it and the row id")
     batch_size: int | None = field(None, help="prompts per teacher batch", default_text="the recipe's, else 8")
     stop: tuple[str, ...] = field((), help="extra stop string, repeatable (EOS always stops)", default_text="EOS only")
-    shard: str = field("0/1", help="i/N: this worker writes every N-th shard of the corpus, starting at i")
+    shard: str = field("0/1", help="i/N: this worker writes every N-th shard of the corpus, starting at i; "
+                                   "auto: i from $JOB_COMPLETION_INDEX (Kubernetes Indexed Job), N from "
+                                   "$DISTILL_SHARD_COUNT (or auto/N)")
     rows_per_shard: int = field(1024, help="rows per Parquet shard file (the unit of resume)")
     skip_invalid: bool = field(False, help="skip invalid seed records (counted per reason in the manifest) instead of failing")
     logprob_scale: int = field(DEFAULT_LOGPROB_SCALE, help="log-prob quantization: codes per nat at the top of the distribution (error there <= 0.5/scale)")

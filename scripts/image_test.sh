@@ -109,7 +109,7 @@ for target in $TARGETS; do
         --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg TORCH_VERSION="$TORCH_VERSION" \
         --build-arg TORCH_INDEX="$torch_index" --build-arg TORCH_FIND_LINKS="$torch_links" --build-arg GIT_COMMIT="$commit" .
     size=$(docker image inspect "$tag" --format '{{.Size}}')
-    awk -v s="$size" -v i="$tag" -v t=$((SECONDS - started)) 'BEGIN { printf "image %s: %d bytes (%.0f MB), built in %d s\n", i, s, s / 1e6, t }'
+    awk -v s="$size" -v i="$tag" -v t=$((SECONDS - started)) 'BEGIN { printf "image %s: %.0f bytes (%.0f MB), built in %d s\n", i, s, s / 1e6, t }'
     docker run --rm --network none "$tag" --version
     if [ "$target" = teacher ]; then
         docker run --rm --network none --entrypoint python "$tag" -c 'import vllm; print("import vllm:", vllm.__version__)'

@@ -26,7 +26,9 @@ import logging
 import os
 import random
 import ssl
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
@@ -86,6 +88,9 @@ class EndpointConfig:
     backoff_max_s: float = 60.0
     logprobs: bool = True  # False: black-box endpoint (text only)
     extra_body: dict[str, Any] | None = None  # merged into every request body
+    # before the first request, wait up to this long for GET base_url/models to answer (a server
+    # still loading its weights, a Service without ready pods); 0: do not wait
+    ready_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -100,6 +105,8 @@ class EndpointConfig:
             raise ValueError("endpoint.request_timeout_s and endpoint.connect_timeout_s must be > 0")
         if self.max_retries < 0:
             raise ValueError(f"endpoint.max_retries must be >= 0, got {self.max_retries}")
+        if self.ready_timeout_s < 0:
+            raise ValueError(f"endpoint.ready_timeout_s must be >= 0, got {self.ready_timeout_s}")
         if self.backoff_base_s < 0 or self.backoff_max_s < self.backoff_base_s:
             raise ValueError("endpoint.backoff_base_s must be >= 0 and <= endpoint.backoff_max_s")
         if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
@@ -388,8 +395,54 @@ class OpenAITeacher:
         }
 
     def load(self, score: bool = False) -> None:
-        """Nothing to load here: the endpoint is reached on the first request (a server that is
-        down is retried, then reported), and nothing written before depends on it."""
+        """Nothing to load; wait until the endpoint answers (``endpoint.ready_timeout_s``)."""
+        self.wait_until_ready()
+
+    def _headers(self) -> dict[str, str]:
+        cfg = self.endpoint
+        headers = {"Content-Type": "application/json"}
+        api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        return headers
+
+    def wait_until_ready(self, poll_s: float = 2.0, note_every_s: float = 30.0) -> float:
+        """Poll ``GET base_url/models`` until the server answers with anything but a 5xx or 429:
+        a generate worker started beside a teacher that is still loading (or behind a Service with
+        no ready pod yet) waits instead of failing its first requests. Returns the seconds waited;
+        raises TeacherError after ``endpoint.ready_timeout_s``; SIGTERM stops the wait (exit 75)."""
+        import httpx
+
+        from distill.stop import STOP
+
+        cfg = self.endpoint
+        if cfg.ready_timeout_s <= 0:
+            return 0.0
+        url = cfg.base_url.rstrip("/") + "/models"
+        started = time.monotonic()
+        noted = None
+        timeout = httpx.Timeout(cfg.connect_timeout_s)
+        while True:
+            try:
+                response = httpx.get(url, headers=self._headers(), timeout=timeout, verify=ssl.create_default_context())
+                if response.status_code < 500 and response.status_code != 429:
+                    waited = time.monotonic() - started
+                    if noted is not None:
+                        print(f"teacher endpoint {url} ready after {waited:.0f} s", file=sys.stderr, flush=True)
+                    return waited
+                reason = f"HTTP {response.status_code}"
+            except httpx.TransportError as exc:
+                reason = f"{type(exc).__name__}"
+            STOP.check(f"stopped while waiting for the teacher endpoint {url}; nothing written")
+            waited = time.monotonic() - started
+            if waited >= cfg.ready_timeout_s:
+                raise TeacherError(f"teacher endpoint {url} not ready after {waited:.0f} s (last: {reason}); check that "
+                                   "the server runs at endpoint.base_url, or raise endpoint.ready_timeout_s")
+            if noted is None or time.monotonic() - noted >= note_every_s:
+                noted = time.monotonic()
+                print(f"waiting for the teacher endpoint {url} ({reason}): {waited:.0f} s of at most "
+                      f"{cfg.ready_timeout_s:.0f} s", file=sys.stderr, flush=True)
+            time.sleep(min(poll_s, max(0.0, cfg.ready_timeout_s - waited)))
 
     def close(self) -> None:
         pass
@@ -555,10 +608,7 @@ class OpenAITeacher:
         import httpx
 
         cfg = self.endpoint
-        headers = {"Content-Type": "application/json"}
-        api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
+        headers = self._headers()
         timeout = httpx.Timeout(cfg.request_timeout_s, connect=cfg.connect_timeout_s)
         # One TLS context for all workers (building one reads the CA bundle: ~0.2 s each). The
         # system defaults honour SSL_CERT_FILE / SSL_CERT_DIR for private CAs inside a VPC.

@@ -17,6 +17,7 @@ import hashlib
 import json
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ class ServerState:
     # request JSON -> response JSON; default: vLLM-shaped completions from ``completion_payload``
     responder: Any = None
     api_key: str | None = None  # when set, requests without "Authorization: Bearer <key>" get a 401
+    unready_until: float = 0.0  # time.monotonic() before which every request gets a 503 (a server still loading)
     seen_paths: set = field(default_factory=set)
     attempts: dict[str, int] = field(default_factory=dict)
     faults: dict[str, int] = field(default_factory=dict)
@@ -136,6 +138,18 @@ async def _handle(state: ServerState, reader: asyncio.StreamReader, writer: asyn
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             if line.startswith(b"GET /stats"):
                 payload = json.dumps(stats(state)).encode()
+                writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
+                await writer.drain()
+                continue
+            if time.monotonic() < state.unready_until:
+                payload = b'{"error": {"message": "loading"}}'
+                writer.write(b"HTTP/1.1 503 Service Unavailable\r\n" + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+                await writer.drain()
+                continue
+            if line.startswith(b"GET /v1/models"):  # what a client's readiness wait polls
+                with state.lock:
+                    state.seen_paths.add("/v1/models")
+                payload = json.dumps({"object": "list", "data": [{"id": "tiny", "object": "model"}]}).encode()
                 writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
                 await writer.drain()
                 continue

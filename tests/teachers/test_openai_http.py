@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -371,3 +372,51 @@ def test_every_backend_writes_the_same_corpus_schema(tmp_path, tiny_tokenizer_di
     manifests = {name: json.loads((tmp_path / name / "manifest.json").read_text()) for name in schemas}
     assert set(manifests["hf"]) == set(manifests["http"]) == set(manifests["bb"])
     assert [manifests[n]["top_k"] for n in ("hf", "http", "bb")] == [5, 5, 0]
+
+
+# ------------------------------------------------------------------------------------------
+# readiness: a worker started beside a teacher that is still loading waits for it
+
+
+def test_a_generate_worker_waits_for_a_loading_teacher_then_runs(tmp_path, tiny_tokenizer_dir):
+    seeds = _seeds(tmp_path, 6)
+    with FaultyServer(fault_rate=0.0) as server:
+        server.state.unready_until = time.monotonic() + 12.0  # 503 for 12 s, as a server loading weights
+        recipe = _recipe(tmp_path, server.base_url, tiny_tokenizer_dir)
+        out = tmp_path / "corpus"
+        proc = subprocess.run(_generate_cmd(recipe, seeds, out), env=_env(), cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"waiting for the teacher endpoint {server.base_url}/models (HTTP 503): 0 s of at most 600 s" in proc.stderr
+        assert re.search(r"teacher endpoint \S+/models ready after [1-9][0-9]* s", proc.stderr), proc.stderr[-2000:]
+        assert len(_rows(out)) == 6
+
+
+def test_a_teacher_that_never_comes_up_fails_naming_the_url_and_the_setting(tmp_path, tiny_tokenizer_dir):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base_url = f"http://127.0.0.1:{port}/v1"
+    recipe = _recipe(tmp_path, base_url, tiny_tokenizer_dir, ready_timeout_s=2)
+    proc = subprocess.run(_generate_cmd(recipe, _seeds(tmp_path, 2), tmp_path / "corpus"), env=_env(), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    assert line.startswith(f"error: teacher endpoint {base_url}/models not ready after 2 s (last: ConnectError)")
+    assert "endpoint.ready_timeout_s" in line
+    assert not (tmp_path / "corpus" / "data").exists() or not any((tmp_path / "corpus" / "data").iterdir())
+
+
+def test_shard_auto_takes_the_index_from_the_indexed_job():
+    from distill.generate import parse_shard
+
+    assert parse_shard("auto", {"JOB_COMPLETION_INDEX": "2", "DISTILL_SHARD_COUNT": "4"}) == (2, 4)
+    assert parse_shard("auto/3", {"JOB_COMPLETION_INDEX": "0"}) == (0, 3)
+    with pytest.raises(ValueError, match=r"\$JOB_COMPLETION_INDEX is not set"):
+        parse_shard("auto", {"DISTILL_SHARD_COUNT": "4"})
+    with pytest.raises(ValueError, match=r"give auto/N or set \$DISTILL_SHARD_COUNT"):
+        parse_shard("auto", {"JOB_COMPLETION_INDEX": "1"})
+    with pytest.raises(ValueError, match="5/4: need 0 <= i < N"):
+        parse_shard("auto", {"JOB_COMPLETION_INDEX": "5", "DISTILL_SHARD_COUNT": "4"})
