@@ -146,17 +146,17 @@ async def _handle(state: ServerState, reader: asyncio.StreamReader, writer: asyn
                 writer.write(b"HTTP/1.1 503 Service Unavailable\r\n" + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
                 await writer.drain()
                 continue
+            digest = _digest(body)
+            if state.api_key is not None and headers.get("authorization") != f"Bearer {state.api_key}":
+                payload = b'{"error": {"message": "invalid api key"}}'
+                writer.write(b"HTTP/1.1 401 Unauthorized\r\n" + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+                await writer.drain()
+                continue
             if line.startswith(b"GET /v1/models"):  # what a client's readiness wait polls
                 with state.lock:
                     state.seen_paths.add("/v1/models")
                 payload = json.dumps({"object": "list", "data": [{"id": "tiny", "object": "model"}]}).encode()
                 writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
-                await writer.drain()
-                continue
-            digest = _digest(body)
-            if state.api_key is not None and headers.get("authorization") != f"Bearer {state.api_key}":
-                payload = b'{"error": {"message": "invalid api key"}}'
-                writer.write(b"HTTP/1.1 401 Unauthorized\r\n" + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
                 await writer.drain()
                 continue
             with state.lock:

@@ -166,7 +166,7 @@ def test_black_box_endpoint_text_only(tmp_path, tiny_tokenizer_dir, monkeypatch,
         out = tmp_path / "bb"
         monkeypatch.setenv("DISTILL_TEST_KEY", key)
         run(GenerateConfig(teacher=str(recipe), prompts=str(_seeds(tmp_path, 20)), out=str(out), max_new_tokens=16))
-        assert server.state.seen_paths == {"/v1/chat/completions"}
+        assert server.state.seen_paths == {"/v1/models", "/v1/chat/completions"}  # the readiness wait, then the work
         assert sum(server.state.faults.values()) > 0
     monkeypatch.delenv("DISTILL_TEST_KEY")
     captured = capfd.readouterr()
