@@ -28,6 +28,7 @@ ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 def open_up(path: Path) -> Path:
     """Let any UID of the container write there (a host folder mounted into the container)."""
+    path.mkdir(parents=True, exist_ok=True)
     for folder, dirs, files in os.walk(path):
         os.chmod(folder, 0o777)
         for name in files:
@@ -37,7 +38,9 @@ def open_up(path: Path) -> Path:
 
 def docker_args(args: list[str], *, user: str | None = None, mounts: dict[Path, str] | None = None,
                 env: dict[str, str] | None = None, name: str | None = None, extra: list[str] | None = None) -> list[str]:
-    cmd = ["docker", "run", "--network", "none", "--name", name or f"distill-test-{uuid.uuid4().hex[:10]}"]
+    network = "host" if extra and "host" in extra else "none"  # host: a test that serves a teacher on 127.0.0.1
+    extra = [x for x in (extra or []) if x not in ("--network", "host")]
+    cmd = ["docker", "run", "--network", network, "--name", name or f"distill-test-{uuid.uuid4().hex[:10]}"]
     if user:
         cmd += ["--user", user]
     for host, target in (mounts or {}).items():
@@ -230,3 +233,67 @@ def test_docker_stop_during_generate_keeps_whole_shards_and_the_same_run_complet
         np.testing.assert_array_equal(row.topk_ids, b[key].topk_ids)
         np.testing.assert_array_equal(row.topk_logprobs, b[key].topk_logprobs)
     shutil.rmtree(tmp_path / "ref", ignore_errors=True)
+
+
+def test_an_indexed_job_of_worker_containers_writes_the_corpus_of_one_run(tiny_tokenizer_dir, tmp_path):
+    """What the Kubernetes Indexed Job (deploy/kubernetes/base/generate.yaml) does, with the image:
+    N containers with JOB_COMPLETION_INDEX=0..N-1 and `--shard auto`, one shared volume, one
+    OpenAI-compatible teacher (the project's test server on 127.0.0.1: host network); one worker
+    is killed (SIGKILL, no warning) and started again, as the Job retries the index. The union of
+    their shards is byte for byte the corpus of one unsharded run."""
+    import yaml
+
+    from distill.corpus import open_corpus
+    from tests.teachers.openai_server import FaultyServer
+
+    workers = 3
+    config = open_up(tmp_path / "config")
+    shutil.copytree(tiny_tokenizer_dir, config / "tokenizer")
+    (config / "seeds.jsonl").write_text("".join(json.dumps({"prompt": f"Question {i}: what is {i} plus {i + 1}?"}) + "\n"
+                                                for i in range(36)))
+    open_up(config)
+    shared = open_up(tmp_path / "shared")
+    args = ["generate", "--teacher", "/config/teacher.yaml", "--prompts", "/config/seeds.jsonl", "--top-k", "5",
+            "--max-new-tokens", "12", "--temperature", "0.7", "--rows-per-shard", "2", "--no-progress"]
+    mounts = {config: "/config", shared: "/data"}
+    with FaultyServer(fault_rate=0.2, stall_s=1.0, latency_s=0.15) as server:
+        (config / "teacher.yaml").write_text(yaml.safe_dump({
+            "model": "tiny", "tokenizer": "/config/tokenizer", "backend": "openai", "max_context": 4096,
+            "endpoint": {"base_url": server.base_url, "server": "vllm", "concurrency": 4, "request_timeout_s": 0.8,
+                         "backoff_base_s": 0.05, "backoff_max_s": 0.5}}))
+        ref = run([*args, "--out", "/data/single"], mounts=mounts, extra=["--network", "host"], timeout=600)
+        assert ref.returncode == 0, ref.stderr[-3000:]
+        names = [f"distill-worker-{i}-{uuid.uuid4().hex[:6]}" for i in range(workers)]
+        env = {"DISTILL_SHARD_COUNT": str(workers)}
+        for index, name in enumerate(names):
+            subprocess.run(docker_args([*args, "--out", "/data/corpus", "--shard", "auto"], mounts=mounts, name=name,
+                                       env={**env, "JOB_COMPLETION_INDEX": str(index)}, extra=["-d", "--network", "host"]),
+                           check=True, capture_output=True)
+        try:
+            # worker 1 commits shards 1, 4, 7, ...: kill it once it has one, then start it again
+            data = shared / "corpus" / "data"
+            deadline = time.monotonic() + 300
+            while not (data.is_dir() and any(data.glob("train-00001-*.parquet"))):
+                assert time.monotonic() < deadline, "worker 1 never committed a shard"
+                time.sleep(0.1)
+            subprocess.run(["docker", "kill", "--signal", "KILL", names[1]], check=True, capture_output=True)
+            killed = subprocess.run(["docker", "wait", names[1]], capture_output=True, text=True).stdout.strip()
+            assert killed == "137"
+            mine = [p for p in data.glob("train-*.parquet") if int(p.name.split("-")[1]) % workers == 1]
+            assert len(mine) < 6, "worker 1 had finished before it was killed"
+            retry = run([*args, "--out", "/data/corpus", "--shard", "auto"], mounts=mounts,
+                        env={**env, "JOB_COMPLETION_INDEX": "1"}, extra=["--network", "host"], timeout=600)
+            assert retry.returncode == 0, retry.stderr[-3000:]
+            assert "resuming" in retry.stderr
+            for name in (names[0], names[2]):
+                code = subprocess.run(["docker", "wait", name], capture_output=True, text=True, timeout=600).stdout.strip()
+                assert code == "0", subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr[-3000:]
+        finally:
+            for name in names:
+                subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    single = json.loads((shared / "single" / "manifest.json").read_text())
+    manifests = sorted((shared / "corpus").glob("manifest*.json"))
+    assert len(manifests) == workers
+    union = {s["path"]: s["sha256"] for m in manifests for s in json.loads(m.read_text())["shards"]}
+    assert union == {s["path"]: s["sha256"] for s in single["shards"]} and len(union) == 18  # 36 rows, 2 per shard
+    assert open_corpus(shared / "corpus").num_rows == open_corpus(shared / "single").num_rows == 36
