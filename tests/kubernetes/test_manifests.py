@@ -57,18 +57,44 @@ def test_the_validator_refuses_unknown_fields_and_wrong_types(rendered):
             validate(doc, EKS_VERSIONS[0])
 
 
-def test_job_failure_policies_follow_the_exit_codes(rendered):
-    jobs = {d["metadata"]["name"]: d for d in documents(rendered["eks"]) if d["kind"] == "Job"}
-    for name, fail_on in (("distill-generate", {ExitCode.BAD_INPUT}), ("distill-eval", {ExitCode.BAD_INPUT, ExitCode.GATE_FAILED})):
-        rules = jobs[name]["spec"]["podFailurePolicy"]["rules"]
-        by_action = {}
+# What the generate and eval Jobs do with each of distill's exit codes. Every code needs a decision:
+# a code added to distill/errors.py without one here (and in the manifests) fails this test.
+FAIL, IGNORE, RETRY, SUCCESS = "FailJob", "Ignore", "retry (counted)", "success"
+DECISIONS = {
+    ExitCode.OK: SUCCESS,
+    ExitCode.INTERNAL: RETRY,  # a crash can be transient (a node's fault); bounded by the backoff limit
+    ExitCode.BAD_INPUT: FAIL,  # the same input fails the same way
+    ExitCode.GATE_FAILED: FAIL,  # a verdict
+    ExitCode.MODEL_FAILED: RETRY,  # the teacher or a model did not answer: often a server restarting
+    ExitCode.DIVERGED: FAIL,  # deterministic
+    ExitCode.LOCK_HELD: RETRY,  # the pod being replaced may still hold the folder
+    ExitCode.NOTHING_TO_DO: FAIL,  # nothing a retry can change
+    ExitCode.IO_ERROR: RETRY,  # storage hiccups pass; a full disk fails the index after the backoff
+    ExitCode.PREEMPTED: IGNORE,  # evicted or drained: resumable, not the job's fault
+}
+
+
+def test_every_exit_code_has_a_decision():
+    assert set(DECISIONS) == set(ExitCode), f"exit codes without a decision: {set(ExitCode) - set(DECISIONS)}"
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_job_failure_policies_follow_the_decisions(target, rendered):
+    jobs = {d["metadata"]["name"]: d for d in documents(rendered[target]) if d["kind"] == "Job"}
+    assert set(jobs) == {"distill-generate", "distill-eval"}
+    for name, job in jobs.items():
+        rules = job["spec"]["podFailurePolicy"]["rules"]
+        by_action: dict[str, set[int]] = {}
         for rule in rules:
             if "onExitCodes" in rule:
+                assert rule["onExitCodes"]["containerName"] == "distill" and rule["onExitCodes"]["operator"] == "In"
                 by_action.setdefault(rule["action"], set()).update(rule["onExitCodes"]["values"])
-        assert by_action["FailJob"] == {int(c) for c in fail_on}, name
-        assert by_action["Ignore"] == {int(ExitCode.PREEMPTED)}, name  # preempted: retried, not counted
-        assert any(rule.get("onPodConditions") == [{"type": "DisruptionTarget", "status": "True"}] for rule in rules)
-        assert jobs[name]["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+        for action in (FAIL, IGNORE):
+            assert by_action.pop(action) == {int(c) for c, d in DECISIONS.items() if d == action}, (name, action)
+        assert not by_action, (name, by_action)  # counted retries are the Job's default: no rule
+        assert any(rule.get("onPodConditions") == [{"type": "DisruptionTarget", "status": "True"}]
+                   and rule["action"] == IGNORE for rule in rules)
+        assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy requires it
 
 
 @pytest.mark.parametrize("target", list(TARGETS))
