@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 KUSTOMIZE_DIR = REPO / "deploy" / "kubernetes"
 RENDERED = KUSTOMIZE_DIR / "rendered"
 TARGETS = {"base": "base", "local": "overlays/local", "eks": "overlays/eks", "trainer-v2": "overlays/trainer-v2",
-           "teacher-multinode": "overlays/teacher-multinode"}
+           "teacher-multinode": "overlays/teacher-multinode", "hyperpod": "overlays/hyperpod"}
 # the Kubernetes versions Amazon EKS offers in standard support as of 2026-12 (aws eks describe-cluster-versions)
 EKS_VERSIONS = ("1.32", "1.33", "1.34", "1.35")
 CRDS = REPO / "tests" / "kubernetes" / "crds"
