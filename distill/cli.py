@@ -19,6 +19,7 @@ from distill.augment import AugmentConfig
 from distill.errors import DistillError, ExitCode, describe_os_error
 from distill.eval import EvalConfig
 from distill.generate import GenerateConfig
+from distill.logs import LogsConfig
 from distill.options import given, stage_options
 from distill.train import TrainConfig
 from distill.train.init_student import InitStudentConfig
@@ -68,6 +69,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     """Distill a large teacher LLM into a small student.
 
     \b
+    distill logs       production request logs -> scrubbed, deduplicated prompts
     distill generate   teacher writes a corpus: prompts, responses, top-k log-probs
     distill augment    teacher writes new prompts from seeds (the first step of generate --augment)
     distill init-student   a student from a subset of the teacher's layers
@@ -81,6 +83,17 @@ def main(ctx: click.Context, debug: bool) -> None:
     resume); docs/cli.md.
     """
     ctx.obj = {"debug": debug}
+
+
+@main.command("logs")
+@stage_options(LogsConfig)
+@click.pass_context
+def logs_command(ctx: click.Context, config_path: str | None, **params: Any) -> None:
+    """Production request logs (OpenAI-format, LiteLLM, Bedrock) -> scrubbed, deduplicated prompts."""
+    from distill.config import load_config
+    from distill.logs import run
+
+    run(load_config(LogsConfig, config_path, given(ctx, params, LogsConfig)))
 
 
 @main.command("generate")
@@ -148,7 +161,8 @@ def eval_command(ctx: click.Context, config_path: str | None, **params: Any) -> 
 @click.option("--verify/--no-verify", default=True, show_default=True, help="check every shard's sha256")
 def inspect_command(corpus_dirs: tuple[str, ...], as_json: bool, samples: int, verify: bool) -> None:
     """Summarize a corpus (one dir, or several read as one): rows, tokens, k, size, fingerprints,
-    augmentation yield per rejection reason; or a `distill augment` output folder's yield."""
+    augmentation yield per rejection reason; or a `distill augment` output folder's yield, or a
+    `distill logs` output folder's counts per reason."""
     from distill.inspect import run
 
     run(list(corpus_dirs), as_json=as_json, samples=samples, verify=verify)

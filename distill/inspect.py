@@ -158,6 +158,17 @@ def run(paths: list[str], *, as_json: bool = False, samples: int = 2, verify: bo
         else:
             print("\n".join([f"prompts       {Path(paths[0]) / 'prompts.jsonl'}"] + augmentation_lines(manifest["augmentation"])))
         return manifest["augmentation"]
+    if len(paths) == 1 and (Path(paths[0]) / "logs.json").is_file() and not (Path(paths[0]) / MANIFEST_NAME).is_file():
+        from distill.logs import summary_lines
+
+        path = Path(paths[0]) / "logs.json"
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+            lines = summary_lines(summary, Path(paths[0]))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CorpusError(f"{path}: not a distill logs summary ({type(exc).__name__}: {exc}); the file is damaged") from None
+        print(json.dumps(summary, indent=2, ensure_ascii=False) if as_json else "\n".join(lines))
+        return summary
     corpus = open_corpus(paths, verify=verify)
     if verify:
         corpus.verify()

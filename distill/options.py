@@ -161,11 +161,12 @@ def stage_configs() -> dict[str, type]:
     from distill.augment import AugmentConfig
     from distill.eval import EvalConfig
     from distill.generate import GenerateConfig
+    from distill.logs import LogsConfig
     from distill.train.config import TrainConfig
     from distill.train.init_student import InitStudentConfig
 
-    return {"generate": GenerateConfig, "augment": AugmentConfig, "init-student": InitStudentConfig, "train": TrainConfig,
-            "eval": EvalConfig}
+    return {"logs": LogsConfig, "generate": GenerateConfig, "augment": AugmentConfig, "init-student": InitStudentConfig,
+            "train": TrainConfig, "eval": EvalConfig}
 
 
 def cli_reference() -> str:

@@ -1,0 +1,459 @@
+"""`distill logs`: production request logs -> a prompt file that `distill generate` / `augment` read.
+
+    read (files, folders, globs, s3:// prefixes; gzip or plain JSONL; openai | litellm | bedrock)
+      -> filter (errors, --since/--until, --model, --where on request metadata, --max-turns)
+      -> the prompt: the conversation up to its last user turn (assistant turns kept as context)
+      -> scrub secrets and personal data (typed placeholders, counted per kind)
+      -> --max-prompt-tokens in the teacher's tokenizer
+      -> dedup: exact, near-duplicate (MinHash), --decontaminate SUITE
+      -> a conversation logged turn by turn collapses to its longest request
+      -> --split into train / validation by conversation (no conversation on both sides)
+
+OUT holds ``prompts.jsonl`` (and ``validation.jsonl`` with ``--split``), one record per prompt in
+the seed format (``id``, ``messages``, the logged ``response``, ``log``: file, line, request id,
+time, model, metadata), ``report.jsonl`` (every log record: accepted, or the reason it was not),
+and ``logs.json`` (counts per reason, scrubbed findings per kind, settings), written last. Nothing
+unscrubbed is written: prompts, responses and metadata values all pass the scrubber, and the
+report and messages name records by file and line, never by their text. When nothing is left
+after filtering, nothing is written and the command exits 7 with the counts per reason.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fnmatch
+import glob
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from distill.config import ConfigError, bad, field
+from distill.errors import NothingToDo
+
+REASONS = ("error", "no_timestamp", "outside_window", "model", "metadata", "no_user_turn", "too_many_turns",
+           "too_long", "duplicate", "near_duplicate", "contaminated", "conversation_prefix", "unreadable")
+
+
+@dataclass(frozen=True)
+class LogsConfig:
+    """Config of ``distill logs`` (YAML keys = these names; flags override)."""
+
+    logs: tuple[str, ...] = field((), help="log files, folders (read recursively), globs or s3:// prefixes; gzip or plain "
+                                           "JSONL; repeatable", flag="--logs", default_text="required")
+    out: str = field("", help="output folder: prompts.jsonl, validation.jsonl, report.jsonl, logs.json")
+    format: Literal["auto", "openai", "litellm", "bedrock"] = field(
+        "auto", help="the log format; auto: recognized per record (openai request/response JSONL, LiteLLM "
+                     "StandardLoggingPayload, Bedrock model-invocation logs)")
+    since: str = field("", help="keep requests at or after this time (ISO 8601; no zone = UTC)", default_text="no limit")
+    until: str = field("", help="keep requests before this time (ISO 8601; no zone = UTC)", default_text="no limit")
+    model: tuple[str, ...] = field((), help="keep requests to these model ids (shell patterns, e.g. 'gpt-4o*'); "
+                                            "repeatable", default_text="any", separator=",")
+    keep_errors: bool = field(False, help="keep requests that failed (errors are dropped by default)")
+    where: str = field("", help="predicate on request metadata: ==, !=, in, not in, contains, exists(), and/or/not "
+                                "(docs/logs.md)", default_text="none")
+    max_turns: int = field(0, help="drop prompts with more user turns than this (0: no limit)")
+    max_prompt_tokens: int = field(0, help="drop prompts longer than this in --tokenizer's tokens, chat template "
+                                           "included (0: no limit)")
+    tokenizer: str = field("", help="teacher recipe, recipe YAML or tokenizer folder for --max-prompt-tokens",
+                           default_text="none")
+    scrub: bool = field(True, help="replace secrets and personal data with typed placeholders (--no-scrub keeps "
+                                   "the text as logged)")
+    scrubber: Literal["regex", "presidio"] = field("regex", help="regex: built-in patterns; presidio: also names "
+                                                                 "and places (the presidio extra)")
+    near_dup_threshold: float = field(0.9, help="drop a prompt whose word-3-gram Jaccard with a kept one is at least "
+                                                "this (0: off)")
+    decontaminate: str = field("", help="eval suite (name, file or folder) whose prompts must not appear", default_text="none")
+    decontaminate_ngram: int = field(13, help="shared word n-gram length that counts as contamination")
+    split: float = field(0.0, help="share of conversations for validation.jsonl (0: none)")
+    responses: bool = field(True, help="keep each request's logged response in the record (scrubbed), for "
+                                       "`generate --responses logged`")
+    skip_invalid: bool = field(False, help="count malformed records and go on instead of stopping at the first")
+    seed: int = field(0, help="seed of the split")
+    progress: bool = field(True, help="show a progress bar")
+
+    def __post_init__(self) -> None:
+        if not self.logs:
+            bad("logs", "give at least one log file, folder, glob or s3:// prefix")
+        if not self.out:
+            bad("out", "required")
+        for name in ("since", "until"):
+            if getattr(self, name):
+                try:
+                    _time_bound(getattr(self, name))
+                except ValueError as exc:
+                    bad(name, str(exc))
+        if self.since and self.until and _time_bound(self.since) >= _time_bound(self.until):
+            bad("until", f"{self.until} is not after --since {self.since}")
+        if self.max_turns < 0 or self.max_prompt_tokens < 0:
+            bad("max_turns" if self.max_turns < 0 else "max_prompt_tokens", "must be >= 0")
+        if self.max_prompt_tokens and not self.tokenizer:
+            bad("max_prompt_tokens", "needs --tokenizer (the teacher's: a recipe name, YAML or tokenizer folder)")
+        if not 0 <= self.near_dup_threshold <= 1:
+            bad("near_dup_threshold", f"must be in [0, 1], got {self.near_dup_threshold}")
+        if not 0 <= self.split < 1:
+            bad("split", f"must be in [0, 1), got {self.split}")
+        if self.decontaminate_ngram < 1:
+            bad("decontaminate_ngram", "must be >= 1")
+        if self.where:
+            from distill.logs.where import Where
+
+            Where(self.where)
+
+
+def _time_bound(text: str) -> _dt.datetime:
+    from distill.logs.readers import NotThisFormat, parse_time
+
+    try:
+        parsed = parse_time(text)
+    except NotThisFormat as exc:
+        raise ValueError(str(exc)) from None
+    assert parsed is not None
+    return parsed
+
+
+# -- input ------------------------------------------------------------------------------------
+
+def expand_inputs(specs: tuple[str, ...]) -> list[str]:
+    """Files to read, in a stable order: folders recursively, globs expanded, s3:// prefixes listed."""
+    files: list[str] = []
+    for spec in specs:
+        if "://" in spec:
+            fs, root = _remote(spec)
+            found = sorted(p for p in fs.find(root) if not p.rsplit("/", 1)[-1].startswith("."))
+            if not found:
+                raise ConfigError(f"--logs {spec}: no objects under this prefix")
+            protocol = spec.split("://", 1)[0]
+            files += [f"{protocol}://{p}" for p in found]
+            continue
+        path = Path(spec)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        elif any(ch in spec for ch in "*?["):
+            found = sorted(p for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        elif path.is_file():
+            found = [str(path)]
+        else:
+            raise ConfigError(f"--logs {spec}: no such file or folder")
+        if not found:
+            raise ConfigError(f"--logs {spec}: no files")
+        files += found
+    return files
+
+
+def _remote(spec: str):
+    try:
+        import fsspec
+    except ImportError:
+        raise ConfigError(f"--logs {spec}: reading object storage needs fsspec and its driver (pip install s3fs)") from None
+    try:
+        fs, root = fsspec.core.url_to_fs(spec)
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"--logs {spec}: {exc}") from None
+    return fs, root
+
+
+def _open(path: str) -> io.BufferedIOBase:
+    if "://" in path:
+        fs, root = _remote(path)
+        raw = fs.open(root, "rb")
+    else:
+        raw = open(path, "rb")
+    head = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
+    if head == b"\x1f\x8b" or path.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw)
+    return raw
+
+
+def read_records(files: list[str]) -> Iterator[tuple[str, int, bytes]]:
+    """(file, line number, line) for every non-blank line."""
+    for path in files:
+        with _open(path) as handle:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
+                    yield path, number, line
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+def _chain(turns: list[dict[str, str]]) -> list[str]:
+    """Hashes of every prefix of the conversation ending with a user turn (the last is the whole)."""
+    from distill.prompts import normalize_text
+
+    digest = hashlib.sha256()
+    out = []
+    for turn in turns:
+        digest.update(json.dumps([turn["role"], normalize_text(turn["content"])], ensure_ascii=False).encode("utf-8"))
+        if turn["role"] == "user":
+            out.append(digest.copy().hexdigest()[:16])
+    return out
+
+
+def _scrub_value(value: Any, scrubber: Any) -> Any:
+    if isinstance(value, str):
+        return scrubber.scrub(value)
+    if isinstance(value, list):
+        return [_scrub_value(v, scrubber) for v in value]
+    if isinstance(value, dict):
+        return {k: _scrub_value(v, scrubber) for k, v in value.items()}
+    return value
+
+
+def _tokenizer(spec: str) -> Any:
+    from transformers import AutoTokenizer
+
+    path = Path(spec)
+    if path.is_dir() and (path / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(str(path))
+    from distill.teachers import teacher_recipe
+
+    recipe = teacher_recipe(spec)
+    return AutoTokenizer.from_pretrained(recipe.tokenizer or recipe.model, revision=recipe.tokenizer_revision)
+
+
+class _Run:
+    def __init__(self, config: LogsConfig) -> None:
+        from distill.logs.readers import READERS
+        from distill.logs.scrub import Scrubber, presidio_detector
+        from distill.logs.where import Where
+
+        self.config = config
+        self.readers = READERS
+        self.scrubber = Scrubber(presidio_detector() if config.scrubber == "presidio" and config.scrub else None)
+        self.where = Where(config.where) if config.where else None
+        self.fields_seen: set[str] = set()
+        self.since = _time_bound(config.since) if config.since else None
+        self.until = _time_bound(config.until) if config.until else None
+        self.tokenizer = _tokenizer(config.tokenizer) if config.max_prompt_tokens else None
+        self.reasons: Counter = Counter()
+        self.formats: Counter = Counter()
+        self.dropped_parts: Counter = Counter()
+        self.seen_exact: set[int] = set()
+        self.prefixes: set[tuple[str, str]] = set()
+        self.near = None
+        if config.near_dup_threshold > 0:
+            from distill.dedup import NearDuplicateIndex
+
+            self.near = NearDuplicateIndex(config.near_dup_threshold)
+        self.suite = None
+        if config.decontaminate:
+            from distill.decontaminate import load_suite_index
+
+            self.suite, _, _ = load_suite_index(config.decontaminate, config.decontaminate_ngram)
+        self.read = 0
+
+    def entry(self, path: str, number: int, line: bytes):
+        from distill.logs.readers import NotThisFormat, detect
+
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return self._bad(where, f"not valid JSON ({getattr(exc, 'msg', exc)})")
+        if not isinstance(record, dict):
+            return self._bad(where, f"expected a JSON object, got {type(record).__name__}")
+        name = self.config.format if self.config.format != "auto" else detect(record)
+        if name is None:
+            return self._bad(where, "not a record of any known log format (openai, litellm, bedrock); name one with --format")
+        try:
+            entry = self.readers[name](record)
+        except NotThisFormat as exc:
+            return self._bad(where, f"not a {name} log record: {exc}")
+        self.formats[name] += 1
+        return entry
+
+    def _bad(self, where: str, message: str):
+        if not self.config.skip_invalid:
+            raise ConfigError(f"{where}: {message} (--skip-invalid counts such records and goes on)")
+        self.reasons["unreadable"] += 1
+        return ("unreadable", where)
+
+    def decide(self, entry: Any) -> tuple[str | None, dict[str, Any] | None]:
+        """(rejection reason, or None and the record to keep)."""
+        config = self.config
+        self.dropped_parts.update(entry.dropped)
+        if not entry.ok and not config.keep_errors:
+            return "error", None
+        if self.since or self.until:
+            if entry.timestamp is None:
+                return "no_timestamp", None
+            if (self.since and entry.timestamp < self.since) or (self.until and entry.timestamp >= self.until):
+                return "outside_window", None
+        if config.model and not any(fnmatch.fnmatchcase(entry.model or "", p) for p in config.model):
+            return "model", None
+        if self.where is not None:
+            from distill.logs.where import _MISSING, Where
+
+            self.fields_seen.update(f for f in self.where.fields if Where.lookup(entry.metadata, f) is not _MISSING)
+            if not self.where(entry.metadata):
+                return "metadata", None
+        last_user = max((i for i, t in enumerate(entry.turns) if t["role"] == "user"), default=None)
+        if last_user is None:
+            return "no_user_turn", None
+        turns = entry.turns[: last_user + 1]
+        if config.max_turns and sum(t["role"] == "user" for t in turns) > config.max_turns:
+            return "too_many_turns", None
+        scrub = self.scrubber.scrub if config.scrub else (lambda text: text)
+        turns = [{"role": t["role"], "content": scrub(t["content"])} for t in turns]
+        if self.tokenizer is not None:
+            from distill.prompts import encode_prompt
+
+            if len(encode_prompt(self.tokenizer, turns)) > config.max_prompt_tokens:
+                return "too_long", None
+        from distill.dedup import words
+        from distill.prompts import prompt_hash
+
+        pid = prompt_hash(turns)
+        key = int(pid, 16)
+        if key in self.seen_exact:
+            return "duplicate", None
+        text = turns[-1]["content"]
+        toks = words(text)
+        if self.suite is not None and self.suite.match(text, toks) is not None:
+            return "contaminated", None
+        if self.near is not None and len(turns) == 1 + (turns[0]["role"] == "system") and self.near.query(text, toks):
+            return "near_duplicate", None
+        self.seen_exact.add(key)
+        if self.near is not None and len(turns) == 1 + (turns[0]["role"] == "system"):
+            self.near.add(pid, text)
+        chain = _chain(turns)
+        conversation = entry.conversation or ""
+        self.prefixes.update((conversation, h) for h in chain[:-1])
+        metadata = _scrub_value(entry.metadata, self.scrubber) if config.scrub else entry.metadata
+        record: dict[str, Any] = {"id": pid, "messages": turns}
+        if config.responses and entry.response is not None:
+            record["response"] = scrub(entry.response)
+        record["log"] = {"request_id": entry.request_id, "time": entry.timestamp.isoformat() if entry.timestamp else None,
+                         "model": entry.model, "format": entry.format, "metadata": metadata}
+        record["_key"] = [conversation, chain[-1], chain[0], entry.conversation]
+        return None, record
+
+
+def run(config: LogsConfig) -> dict[str, Any]:
+    """Read, filter, scrub and dedup the logs into ``config.out``; returns the summary (logs.json)."""
+    from tqdm.auto import tqdm
+
+    from distill.atomic import atomic_write_text
+    from distill.lock import FolderLock
+
+    started = time.perf_counter()
+    files = expand_inputs(config.logs)
+    out = Path(config.out)
+    lock = FolderLock(out.parent if out.parent != Path("") else Path("."), f".{out.name}.distill-logs.lock",
+                      purpose="distill logs").acquire()
+    staging = out.with_name(f".{out.name}.tmp")
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        state = _Run(config)
+        report = (staging / "report.jsonl").open("w", encoding="utf-8")
+        kept = (staging / "kept.jsonl").open("w", encoding="utf-8")
+        bar = tqdm(desc="logs", unit=" records", disable=not config.progress, mininterval=1.0)
+        for path, number, line in read_records(files):
+            state.read += 1
+            bar.update(1)
+            where = f"{path}:{number}"
+            entry = state.entry(path, number, line)
+            if isinstance(entry, tuple):
+                report.write(json.dumps({"where": where, "decision": "rejected", "reason": "unreadable"}) + "\n")
+                continue
+            reason, record = state.decide(entry)
+            if reason is not None:
+                state.reasons[reason] += 1
+                report.write(json.dumps({"where": where, "request_id": entry.request_id, "decision": "rejected",
+                                         "reason": reason}) + "\n")
+                continue
+            record["log"] = {"file": path, "line": number, **record["log"]}
+            kept.write(json.dumps(record, ensure_ascii=False) + "\n")
+        bar.close()
+        kept.close()
+        if state.where is not None:
+            unknown = sorted(state.where.fields - state.fields_seen)
+            if unknown and state.read:
+                raise ConfigError(f"--where names {', '.join(repr(f) for f in unknown)}, which no record's metadata "
+                                  f"has ({state.read} records read); check the spelling")
+        # second pass: a request whose conversation continues in a later (longer) request is dropped
+        counts = Counter()
+        outputs = {"train": (staging / "prompts.jsonl").open("w", encoding="utf-8")}
+        if config.split:
+            outputs["validation"] = (staging / "validation.jsonl").open("w", encoding="utf-8")
+        with (staging / "kept.jsonl").open(encoding="utf-8") as handle:
+            for line in handle:
+                record = json.loads(line)
+                conversation, whole, root, conversation_id = record.pop("_key")
+                where = f"{record['log']['file']}:{record['log']['line']}"
+                if (conversation, whole) in state.prefixes:
+                    state.reasons["conversation_prefix"] += 1
+                    report.write(json.dumps({"where": where, "request_id": record["log"]["request_id"],
+                                             "decision": "rejected", "reason": "conversation_prefix"}) + "\n")
+                    continue
+                side = "train"
+                if config.split:
+                    group = conversation_id or root
+                    draw = int(hashlib.sha256(f"{config.seed}:{group}".encode()).hexdigest()[:12], 16) / 16 ** 12
+                    side = "validation" if draw < config.split else "train"
+                record["log"]["group"] = hashlib.sha256(str(conversation_id or root).encode()).hexdigest()[:16]
+                outputs[side].write(json.dumps(record, ensure_ascii=False) + "\n")
+                counts[side] += 1
+                report.write(json.dumps({"where": where, "request_id": record["log"]["request_id"], "decision": "accepted",
+                                         "id": record["id"], "split": side}) + "\n")
+        for handle in outputs.values():
+            handle.close()
+        report.close()
+        (staging / "kept.jsonl").unlink()
+        accepted = sum(counts.values())
+        rejected = dict(sorted((r, n) for r, n in state.reasons.items() if n))
+        if not accepted:
+            raise NothingToDo(f"distill logs: no prompt left of {state.read} records read (rejected: "
+                              + (", ".join(f"{r} {n}" for r, n in rejected.items()) or "none") + "); nothing written")
+        summary = {
+            "kind": "distill-logs",
+            "format_version": 1,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "files": files,
+            "records_read": state.read,
+            "formats": dict(state.formats),
+            "accepted": accepted,
+            "splits": dict(counts),
+            "rejected": rejected,
+            "scrubbed": dict(sorted(state.scrubber.counts.items())) if config.scrub else None,
+            "dropped_parts": dict(sorted(state.dropped_parts.items())),
+            "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
+                         if k not in ("progress",)},
+            "elapsed_s": round(time.perf_counter() - started, 2),
+        }
+        atomic_write_text(staging / "logs.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        lock.release()
+    for line in summary_lines(summary, out):
+        print(line, file=sys.stderr)
+    return summary
+
+
+def summary_lines(summary: dict[str, Any], out: Path) -> list[str]:
+    read, accepted = summary["records_read"], summary["accepted"]
+    lines = [f"logs: {read} records read ({', '.join(f'{k} {v}' for k, v in summary['formats'].items())}); "
+             f"{accepted} prompts ({accepted / max(read, 1):.1%}) -> {out}/prompts.jsonl"
+             + (f" + validation.jsonl ({summary['splits'].get('validation', 0)})" if "validation" in summary["splits"] else "")]
+    if summary["rejected"]:
+        lines.append("  rejected: " + ", ".join(f"{r} {n}" for r, n in summary["rejected"].items()))
+    if summary["scrubbed"] is not None:
+        lines.append("  scrubbed: " + (", ".join(f"{k} {v}" for k, v in summary["scrubbed"].items()) or "nothing found"))
+    if summary["dropped_parts"]:
+        lines.append("  left out of the text: " + ", ".join(f"{k} {v}" for k, v in summary["dropped_parts"].items()))
+    lines.append(f"  {summary['elapsed_s']} s; per-record decisions: {out}/report.jsonl")
+    return lines
