@@ -26,7 +26,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Iterator, Literal, Mapping
 
 from distill.build_info import build_info
 from distill.config import ConfigError, bad, field
@@ -93,8 +93,11 @@ class GenerateConfig:
     augment_config: str | None = field(None, help="YAML of AugmentConfig keys (few_shot, near_dup_threshold, ...) for --augment")
     decontaminate: str | None = field(None, help="with --augment: eval suite (name in eval/ or JSONL) no synthetic prompt may share a 13-gram with")
     judge_threshold: float = field(0.0, help="with --augment: keep synthetic prompts the teacher judges >= this (1-5); 0 = no judge")
-    responses: Literal["teacher", "reference"] = field("teacher", help="teacher: the teacher samples each response; reference: each prompt's labelled "
-                           "`reference` is the response and the teacher scores it (top-k at every position), for SFT/KD on labelled data")
+    responses: Literal["teacher", "reference", "logged"] = field(
+        "teacher", help="teacher: the teacher samples each response; reference: each prompt's labelled `reference` is "
+                        "the response and the teacher scores it (top-k at every position), for SFT/KD on labelled data; "
+                        "logged: each prompt's logged `response` (distill logs) is the response, tokenized with the "
+                        "teacher's tokenizer, no log-probs (a black-box corpus: training runs CE only)")
 
     def __post_init__(self) -> None:
         for name in ("teacher", "prompts", "out"):
@@ -128,10 +131,11 @@ class GenerateConfig:
             bad("shard", str(exc))
         if self.augment < 0:
             bad("augment", f"must be >= 0, got {self.augment}")
-        if self.responses not in ("teacher", "reference"):
-            bad("responses", f"must be teacher or reference, got {self.responses!r}")
-        if self.responses == "reference" and (self.augment or self.samples_per_prompt > 1):
-            bad("responses", "reference answers each labelled prompt once: no --augment, --samples-per-prompt 1")
+        if self.responses not in ("teacher", "reference", "logged"):
+            bad("responses", f"must be teacher, reference or logged, got {self.responses!r}")
+        if self.responses != "teacher" and (self.augment or self.samples_per_prompt > 1):
+            bad("responses", f"{self.responses} answers each prompt once, with its own text: no --augment, "
+                             "--samples-per-prompt 1")
         if self.augment and parse_shard(self.shard)[1] > 1:
             bad("augment", "with --shard: run `distill augment` once, then every worker with "
                            "--prompts AUGMENT_DIR/prompts.jsonl, so all workers answer the same prompts")
@@ -300,6 +304,26 @@ def _reference_requests(teacher: Any, rows: list[_Planned]) -> list[Any]:
     return requests
 
 
+def _logged_outputs(teacher: Any, rows: list[_Planned]) -> Iterator[Any]:
+    """--responses logged: each row's logged response (+ EOS), tokenized with the teacher's
+    tokenizer, as a text-only output (no log-probs)."""
+    import numpy as np
+
+    from distill.teachers.base import TeacherOutput
+
+    eos = teacher.tokenizer.eos_token_id
+    for p in rows:
+        response = (p.record.origin.get("fields") or {}).get("response")
+        if not isinstance(response, str) or not response.strip():
+            where = p.record.origin.get("where") or p.record.origin.get("file") or p.record.id
+            raise ConfigError(f"{where}: --responses logged needs a non-empty 'response' on every prompt "
+                              "(distill logs writes it; --no-responses there leaves it out)")
+        ids = teacher.tokenizer(response, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+        yield TeacherOutput(key=p.rid, prompt_ids=np.asarray(p.prompt_ids, dtype=np.int32),
+                            response_ids=np.asarray(ids, dtype=np.int32), topk_ids=None, topk_logprobs=None,
+                            sampled_logprobs=None, finish_reason="stop", text=response)
+
+
 def _shard_stats(writer: Any) -> dict[str, Any]:
     import numpy as np
     import pyarrow.parquet as pq
@@ -341,12 +365,15 @@ def run(config: GenerateConfig) -> dict[str, Any]:
     try:
         if config.top_k > len(teacher.tokenizer):
             raise ConfigError(f"--top-k {config.top_k} exceeds the teacher's vocabulary ({len(teacher.tokenizer)} tokens)")
-        teacher.load(score=config.responses == "reference")  # a teacher that cannot start fails before any write
+        if config.responses != "logged":  # logged responses need the teacher's tokenizer only
+            teacher.load(score=config.responses == "reference")  # a teacher that cannot start fails before any write
         records, augmentation = prompts_to_answer(config, teacher, seeds.records)
         skipped = Counter(seeds.skipped)
         encoded = _encode_and_check(config, teacher, records, skipped)
         planned = plan_rows(config, encoded)
         fingerprint = teacher.fingerprint()
+        if config.responses == "logged":  # the responses are the logged model's text, not this teacher's
+            fingerprint = {**fingerprint, "black_box": True, "responses": "logged"}
         black_box = bool(fingerprint.get("black_box", False))
         top_k = 0 if black_box else config.top_k
         tok_fp = tokenizer_fingerprint(teacher.tokenizer)
@@ -379,6 +406,8 @@ def run(config: GenerateConfig) -> dict[str, Any]:
             shard_rows = planned[index * config.rows_per_shard:(index + 1) * config.rows_per_shard]
             if config.responses == "reference":
                 stream = teacher.score(_reference_requests(teacher, shard_rows), top_k)
+            elif config.responses == "logged":
+                stream = _logged_outputs(teacher, shard_rows)
             else:
                 requests = [GenerationRequest(key=p.rid, prompt_ids=p.prompt_ids, seed=p.seed,
                                               messages=tuple(p.record.messages)) for p in shard_rows]

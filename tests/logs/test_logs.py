@@ -308,3 +308,42 @@ def test_bad_input_says_where_and_writes_nothing(tmp_path, mixed_logs):
     assert code == 2 and "no such file or folder" in output
     code, output = logs(["--logs", mixed_logs, "--out", tmp_path / "o6", "--where", "team < 3"])
     assert code == 2 and "comparisons are ==, !=, in, not in, contains" in output
+
+
+def test_logged_responses_make_a_black_box_corpus_that_trains(tmp_path, tiny_teacher_dir, tiny_student_dir):
+    """logs -> generate --responses logged -> train: the logged text is the response (teacher's
+    tokenizer, no log-probs), the manifest says so, and training runs on CE alone."""
+    from distill.corpus import open_corpus
+    from tests.train.conftest import read_metrics
+
+    records = [openai_record(f"r{i}", [{"role": "user", "content": f"What is {i} plus {i}?"}], response=f"{2 * i}")
+               for i in range(12)]
+    out = tmp_path / "prompts"
+    code, output = logs(["--logs", write_jsonl(tmp_path / "l.jsonl", records), "--out", out])
+    assert code == 0, output
+    corpus_dir = tmp_path / "corpus"
+    result = CliRunner().invoke(main, ["generate", "--teacher", str(tiny_teacher_dir), "--prompts", str(out / "prompts.jsonl"),
+                                       "--out", str(corpus_dir), "--responses", "logged", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    corpus = open_corpus(corpus_dir)
+    assert corpus.black_box and corpus.num_rows == 12
+    manifest = corpus.manifests[0]
+    assert manifest["generation"]["responses"] == "logged" and manifest["teacher"]["responses"] == "logged"
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    row = next(r for r in corpus.iter_rows() if r.prompt_text == "What is 3 plus 3?")
+    assert row.response_ids.tolist() == tok("6", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    student = tmp_path / "student"
+    result = CliRunner().invoke(main, ["train", "--student", str(tiny_student_dir), "--corpus", str(corpus_dir), "--out",
+                                       str(student), "--max-steps", "3", "--tokens-per-batch", "128", "--max-seq-len", "64"])
+    assert result.exit_code == 0, result.output
+    assert "is black-box (no teacher log-probs, top_k=0): training with CE on the teacher's responses only" in result.output
+    losses = [m for m in read_metrics(student) if "loss" in m]
+    assert len(losses) == 3 and all(m["kd"] == 0 and m["loss"] == m["ce"] for m in losses)
+    # a prompt file without logged responses says which record lacks one
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text(json.dumps({"prompt": "hello"}) + "\n")
+    result = CliRunner().invoke(main, ["generate", "--teacher", str(tiny_teacher_dir), "--prompts", str(bare), "--out",
+                                       str(tmp_path / "c2"), "--responses", "logged", "--no-progress"])
+    assert result.exit_code == 2 and f"{bare}:1: --responses logged needs a non-empty 'response'" in result.output
