@@ -39,6 +39,25 @@ from typing import Any, Iterator, Literal
 from distill.config import ConfigError, bad, field
 from distill.errors import NothingToDo
 
+try:  # orjson, when installed, parses and writes JSON lines several times faster
+    import orjson as _orjson
+
+    def _loads(line: bytes) -> Any:
+        return _orjson.loads(line)
+
+    def _line(obj: Any) -> bytes:
+        return _orjson.dumps(obj) + b"\n"
+
+    _DECODE_ERRORS: tuple[type[Exception], ...] = (_orjson.JSONDecodeError, UnicodeDecodeError)
+except ImportError:  # pragma: no cover - the standard library does the same, slower
+    def _loads(line: bytes) -> Any:
+        return json.loads(line)
+
+    def _line(obj: Any) -> bytes:
+        return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+
+    _DECODE_ERRORS = (json.JSONDecodeError, UnicodeDecodeError)
+
 REASONS = ("error", "no_timestamp", "outside_window", "model", "metadata", "no_user_turn", "too_many_turns",
            "too_long", "duplicate", "near_duplicate", "contaminated", "conversation_prefix", "unreadable")
 
@@ -184,17 +203,21 @@ def read_records(files: list[str]) -> Iterator[tuple[str, int, bytes]]:
 
 # -- the run ----------------------------------------------------------------------------------
 
-def _chain(turns: list[dict[str, str]]) -> list[str]:
-    """Hashes of every prefix of the conversation ending with a user turn (the last is the whole)."""
+def _ids(turns: list[dict[str, str]]) -> tuple[str, list[str]]:
+    """The prompt's id (``distill.prompts.prompt_hash``, computed here with each text normalized
+    once) and the hashes of every prefix of the conversation that ends with a user turn (the last
+    is the whole conversation)."""
     from distill.prompts import normalize_text
 
+    canon = [[t["role"], normalize_text(t["content"])] for t in turns]
+    pid = hashlib.sha256(json.dumps(canon, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
     digest = hashlib.sha256()
-    out = []
-    for turn in turns:
-        digest.update(json.dumps([turn["role"], normalize_text(turn["content"])], ensure_ascii=False).encode("utf-8"))
-        if turn["role"] == "user":
-            out.append(digest.copy().hexdigest()[:16])
-    return out
+    chain = []
+    for role, text in canon:
+        digest.update(json.dumps([role, text], ensure_ascii=False).encode("utf-8"))
+        if role == "user":
+            chain.append(digest.copy().hexdigest()[:16])
+    return pid, chain
 
 
 def _scrub_value(value: Any, scrubber: Any) -> Any:
@@ -255,8 +278,8 @@ class _Run:
 
         where = f"{path}:{number}"
         try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            record = _loads(line)
+        except _DECODE_ERRORS as exc:
             return self._bad(where, f"not valid JSON ({getattr(exc, 'msg', exc)})")
         if not isinstance(record, dict):
             return self._bad(where, f"expected a JSON object, got {type(record).__name__}")
@@ -309,9 +332,8 @@ class _Run:
             if len(encode_prompt(self.tokenizer, turns)) > config.max_prompt_tokens:
                 return "too_long", None
         from distill.dedup import words
-        from distill.prompts import prompt_hash
 
-        pid = prompt_hash(turns)
+        pid, chain = _ids(turns)
         key = int(pid, 16)
         if key in self.seen_exact:
             return "duplicate", None
@@ -324,7 +346,6 @@ class _Run:
         self.seen_exact.add(key)
         if self.near is not None and len(turns) == 1 + (turns[0]["role"] == "system"):
             self.near.add(pid, text)
-        chain = _chain(turns)
         conversation = entry.conversation or ""
         self.prefixes.update((conversation, h) for h in chain[:-1])
         metadata = _scrub_value(entry.metadata, self.scrubber) if config.scrub else entry.metadata
@@ -354,8 +375,8 @@ def run(config: LogsConfig) -> dict[str, Any]:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         state = _Run(config)
-        report = (staging / "report.jsonl").open("w", encoding="utf-8")
-        kept = (staging / "kept.jsonl").open("w", encoding="utf-8")
+        report = (staging / "report.jsonl").open("wb")
+        kept = (staging / "kept.jsonl").open("wb")
         bar = tqdm(desc="logs", unit=" records", disable=not config.progress, mininterval=1.0)
         for path, number, line in read_records(files):
             state.read += 1
@@ -363,16 +384,16 @@ def run(config: LogsConfig) -> dict[str, Any]:
             where = f"{path}:{number}"
             entry = state.entry(path, number, line)
             if isinstance(entry, tuple):
-                report.write(json.dumps({"where": where, "decision": "rejected", "reason": "unreadable"}) + "\n")
+                report.write(_line({"where": where, "decision": "rejected", "reason": "unreadable"}))
                 continue
             reason, record = state.decide(entry)
             if reason is not None:
                 state.reasons[reason] += 1
-                report.write(json.dumps({"where": where, "request_id": entry.request_id, "decision": "rejected",
-                                         "reason": reason}) + "\n")
+                report.write(_line({"where": where, "request_id": entry.request_id, "decision": "rejected",
+                                    "reason": reason}))
                 continue
             record["log"] = {"file": path, "line": number, **record["log"]}
-            kept.write(json.dumps(record, ensure_ascii=False) + "\n")
+            kept.write(_line(record))
         bar.close()
         kept.close()
         if state.where is not None:
@@ -382,18 +403,18 @@ def run(config: LogsConfig) -> dict[str, Any]:
                                   f"has ({state.read} records read); check the spelling")
         # second pass: a request whose conversation continues in a later (longer) request is dropped
         counts = Counter()
-        outputs = {"train": (staging / "prompts.jsonl").open("w", encoding="utf-8")}
+        outputs = {"train": (staging / "prompts.jsonl").open("wb")}
         if config.split:
-            outputs["validation"] = (staging / "validation.jsonl").open("w", encoding="utf-8")
-        with (staging / "kept.jsonl").open(encoding="utf-8") as handle:
+            outputs["validation"] = (staging / "validation.jsonl").open("wb")
+        with (staging / "kept.jsonl").open("rb") as handle:
             for line in handle:
-                record = json.loads(line)
+                record = _loads(line)
                 conversation, whole, root, conversation_id = record.pop("_key")
                 where = f"{record['log']['file']}:{record['log']['line']}"
                 if (conversation, whole) in state.prefixes:
                     state.reasons["conversation_prefix"] += 1
-                    report.write(json.dumps({"where": where, "request_id": record["log"]["request_id"],
-                                             "decision": "rejected", "reason": "conversation_prefix"}) + "\n")
+                    report.write(_line({"where": where, "request_id": record["log"]["request_id"],
+                                        "decision": "rejected", "reason": "conversation_prefix"}))
                     continue
                 side = "train"
                 if config.split:
@@ -401,10 +422,10 @@ def run(config: LogsConfig) -> dict[str, Any]:
                     draw = int(hashlib.sha256(f"{config.seed}:{group}".encode()).hexdigest()[:12], 16) / 16 ** 12
                     side = "validation" if draw < config.split else "train"
                 record["log"]["group"] = hashlib.sha256(str(conversation_id or root).encode()).hexdigest()[:16]
-                outputs[side].write(json.dumps(record, ensure_ascii=False) + "\n")
+                outputs[side].write(_line(record))
                 counts[side] += 1
-                report.write(json.dumps({"where": where, "request_id": record["log"]["request_id"], "decision": "accepted",
-                                         "id": record["id"], "split": side}) + "\n")
+                report.write(_line({"where": where, "request_id": record["log"]["request_id"], "decision": "accepted",
+                                    "id": record["id"], "split": side}))
         for handle in outputs.values():
             handle.close()
         report.close()
