@@ -297,3 +297,68 @@ def test_an_indexed_job_of_worker_containers_writes_the_corpus_of_one_run(tiny_t
     union = {s["path"]: s["sha256"] for m in manifests for s in json.loads(m.read_text())["shards"]}
     assert union == {s["path"]: s["sha256"] for s in single["shards"]} and len(union) == 18  # 36 rows, 2 per shard
     assert open_corpus(shared / "corpus").num_rows == open_corpus(shared / "single").num_rows == 36
+
+
+def test_the_pytorchjob_environment_trains_across_two_containers_as_one_process_does(tiny_student_dir, kd_corpus, tmp_path):
+    """The training manifest as the Kubeflow Training Operator v1 runs it: the command and args of
+    the rendered PyTorchJob, in two containers (Master, Worker) given the environment the operator
+    injects (its pkg/controller.v1/pytorch/envvar.go at v1.9.0: MASTER_ADDR/PORT, PET_MASTER_ADDR/PORT,
+    WORLD_SIZE = replicas x nprocPerNode, RANK and PET_NODE_RANK = the pod's index, PET_NPROC_PER_NODE,
+    PET_NNODES, PYTHONUNBUFFERED), rendezvous on the loopback (host network), gloo. Two nodes x one
+    process x one micro-batch give the per-step losses and final weights of one process with two
+    micro-batches."""
+    import socket
+
+    import yaml
+
+    from tests.kubernetes.manifests import RENDERED, documents
+    from tests.train.test_train import assert_weights_close
+
+    (job,) = [d for d in documents((RENDERED / "eks.yaml").read_text()) if d["kind"] == "PyTorchJob"]
+    (container,) = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
+    command, args = container["command"], container["args"]
+    assert args[-2:] == ["--config", "/config/train.yaml"]
+    data = open_up(tmp_path / "data")
+    shutil.copytree(kd_corpus, data / "corpus")
+    shutil.copytree(tiny_student_dir, data / "student-start")
+    config = open_up(tmp_path / "config")
+    settings = {"student": "/data/student-start", "corpus": ["/data/corpus"], "tokens_per_batch": 256, "max_seq_len": 64,
+                "lr": 1e-3, "seed": 0, "max_steps": 3, "resume": True}
+    (config / "train.yaml").write_text(yaml.safe_dump({**settings, "out": "/data/two-nodes"}))
+    (config / "one.yaml").write_text(yaml.safe_dump({**settings, "out": "/data/one-process", "grad_accum": 2}))
+    open_up(tmp_path)
+    mounts = {data: "/data", config: "/config"}
+    one = run(["train", "--config", "/config/one.yaml"], mounts=mounts, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    nodes, nproc = 2, 1
+    names = [f"distill-pytorchjob-{i}-{uuid.uuid4().hex[:6]}" for i in range(nodes)]
+    for rank, name in enumerate(names):
+        env = {"PYTHONUNBUFFERED": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "PET_MASTER_ADDR": "127.0.0.1",
+               "PET_MASTER_PORT": port, "WORLD_SIZE": str(nodes * nproc), "RANK": str(rank), "PET_NODE_RANK": str(rank),
+               "PET_NPROC_PER_NODE": str(nproc), "PET_NNODES": str(nodes), "DS_ACCELERATOR": "cpu"}
+        # docker run's --entrypoint takes one program: the rest of the manifest's command goes first in the args
+        subprocess.run(docker_args([*command[1:], *args], mounts=mounts, env=env, name=name,
+                                   extra=["-d", "--network", "host", "--entrypoint", command[0]]), check=True, capture_output=True)
+    logs = {}
+    try:
+        for name in names:
+            code = subprocess.run(["docker", "wait", name], capture_output=True, text=True, timeout=600).stdout.strip()
+            done = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+            logs[name] = done.stdout + done.stderr
+            assert code == "0", logs[name][-3000:]
+    finally:
+        for name in names:
+            subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    two_metrics = [m for m in read_metrics(data / "two-nodes") if "loss" in m]
+    one_metrics = [m for m in read_metrics(data / "one-process") if "loss" in m]
+    assert [m["step"] for m in two_metrics] == [m["step"] for m in one_metrics] == [1, 2, 3]
+    for a, b in zip(two_metrics, one_metrics):
+        assert a["response_tokens"] == b["response_tokens"]
+        for key in ("loss", "kd", "ce"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["step"], key)
+    assert "2 process(es)" in logs[names[0]]  # the master's log: one run over both containers
+    assert_weights_close(data / "two-nodes" / "final", data / "one-process" / "final", atol=1e-5)
