@@ -88,8 +88,9 @@ class LogsConfig:
                                    "the text as logged)")
     scrubber: Literal["regex", "presidio"] = field("regex", help="regex: built-in patterns; presidio: also names "
                                                                  "and places (the presidio extra)")
-    near_dup_threshold: float = field(0.9, help="drop a prompt whose word-3-gram Jaccard with a kept one is at least "
-                                                "this (0: off)")
+    near_dup_threshold: float = field(0.0, help="drop a single-turn prompt whose word-3-gram Jaccard with a kept one "
+                                                "is at least this, e.g. 0.9 (0: off; its index holds every kept "
+                                                "prompt's shingles, so memory grows with the log)")
     decontaminate: str = field("", help="eval suite (name, file or folder) whose prompts must not appear", default_text="none")
     decontaminate_ngram: int = field(13, help="shared word n-gram length that counts as contamination")
     split: float = field(0.0, help="share of conversations for validation.jsonl (0: none)")

@@ -245,7 +245,8 @@ def test_exact_and_near_duplicates_and_decontamination(tmp_path):
              "Write a limerick about a cat."]
     path = write_jsonl(tmp_path / "d.jsonl", [openai_record(f"d{i}", [{"role": "user", "content": t}]) for i, t in enumerate(texts)])
     suite = write_jsonl(tmp_path / "suite.jsonl", [{"prompt": "Write a limerick about a cat.", "reference": "x"}])
-    code, output = logs(["--logs", path, "--out", tmp_path / "o", "--decontaminate", suite, "--decontaminate-ngram", "5"])
+    code, output = logs(["--logs", path, "--out", tmp_path / "o", "--decontaminate", suite, "--decontaminate-ngram", "5",
+                         "--near-dup-threshold", "0.9"])
     assert code == 0, output
     rejected = json.loads((tmp_path / "o" / "logs.json").read_text())["rejected"]
     assert rejected == {"duplicate": 1, "near_duplicate": 1, "contaminated": 1}, rejected
