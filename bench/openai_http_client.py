@@ -58,7 +58,7 @@ def main() -> None:
         server.terminate()
         server.wait()
 
-    print(f"# HTTP teacher client: throughput vs concurrency\n")
+    print("# HTTP teacher client: throughput vs concurrency\n")
     print(f"date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.machine()} {os.cpu_count()} cores; "
           f"Python {platform.python_version()}; shared, noisy machine (ratios measured in one run)")
     print(f"server: local stand-in, {args.latency * 1000:.0f} ms per request, k=20 top log-probs, up to "

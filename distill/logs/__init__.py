@@ -98,6 +98,8 @@ class LogsConfig:
                                        "`generate --responses logged`")
     skip_invalid: bool = field(False, help="count malformed records and go on instead of stopping at the first")
     seed: int = field(0, help="seed of the split")
+    workers: int = field(0, help="processes that parse, filter and scrub while the main one deduplicates and writes "
+                                 "(0: one per CPU core, at most 8, for logs over 32 MB; 1: all in one process)")
     progress: bool = field(True, help="show a progress bar")
 
     def __post_init__(self) -> None:
@@ -121,6 +123,8 @@ class LogsConfig:
             bad("near_dup_threshold", f"must be in [0, 1], got {self.near_dup_threshold}")
         if not 0 <= self.split < 1:
             bad("split", f"must be in [0, 1), got {self.split}")
+        if self.workers < 0:
+            bad("workers", f"must be >= 0, got {self.workers}")
         if self.decontaminate_ngram < 1:
             bad("decontaminate_ngram", "must be >= 1")
         if self.where:
@@ -167,6 +171,20 @@ def expand_inputs(specs: tuple[str, ...]) -> list[str]:
             raise ConfigError(f"--logs {spec}: no files")
         files += found
     return files
+
+
+POOL_MIN_BYTES = 32 << 20  # below this much log, starting worker processes costs more than it saves
+
+
+def _total_bytes(files: list[str]) -> int:
+    total = 0
+    for path in files:
+        if "://" in path:
+            fs, root = _remote(path)
+            total += fs.size(root) or 0
+        else:
+            total += os.path.getsize(path)
+    return total
 
 
 def _remote(spec: str):
@@ -243,7 +261,10 @@ def _tokenizer(spec: str) -> Any:
     return AutoTokenizer.from_pretrained(recipe.tokenizer or recipe.model, revision=recipe.tokenizer_revision)
 
 
-class _Run:
+class _Prepare:
+    """Everything about one record that needs no other record: parse, read, filter, scrub, hash,
+    suite check. Runs in the worker processes (or in-process with one worker)."""
+
     def __init__(self, config: LogsConfig) -> None:
         from distill.logs.readers import READERS
         from distill.logs.scrub import Scrubber, presidio_detector
@@ -253,57 +274,57 @@ class _Run:
         self.readers = READERS
         self.scrubber = Scrubber(presidio_detector() if config.scrubber == "presidio" and config.scrub else None)
         self.where = Where(config.where) if config.where else None
-        self.fields_seen: set[str] = set()
         self.since = _time_bound(config.since) if config.since else None
         self.until = _time_bound(config.until) if config.until else None
         self.tokenizer = _tokenizer(config.tokenizer) if config.max_prompt_tokens else None
-        self.reasons: Counter = Counter()
-        self.formats: Counter = Counter()
-        self.dropped_parts: Counter = Counter()
-        self.seen_exact: set[int] = set()
-        self.prefixes: set[tuple[str, str]] = set()
-        self.near = None
-        if config.near_dup_threshold > 0:
-            from distill.dedup import NearDuplicateIndex
-
-            self.near = NearDuplicateIndex(config.near_dup_threshold)
         self.suite = None
         if config.decontaminate:
             from distill.decontaminate import load_suite_index
 
             self.suite, _, _ = load_suite_index(config.decontaminate, config.decontaminate_ngram)
-        self.read = 0
 
-    def entry(self, path: str, number: int, line: bytes):
+    def batch(self, lines: list[tuple[str, int, bytes]]) -> tuple[list[tuple], dict[str, Any]]:
+        """Results in input order, and the batch's counts (formats, parts left out, scrub findings,
+        --where fields seen)."""
+        self.formats: Counter = Counter()
+        self.dropped: Counter = Counter()
+        self.fields_seen: set[str] = set()
+        before = Counter(self.scrubber.counts)
+        results = [self.one(path, number, line) for path, number, line in lines]
+        counts = {"formats": self.formats, "dropped": self.dropped, "fields_seen": self.fields_seen,
+                  "scrubbed": self.scrubber.counts - before}
+        return results, counts
+
+    def one(self, path: str, number: int, line: bytes) -> tuple:
         from distill.logs.readers import NotThisFormat, detect
 
         where = f"{path}:{number}"
         try:
             record = _loads(line)
         except _DECODE_ERRORS as exc:
-            return self._bad(where, f"not valid JSON ({getattr(exc, 'msg', exc)})")
+            return ("bad", where, f"not valid JSON ({getattr(exc, 'msg', exc)})")
         if not isinstance(record, dict):
-            return self._bad(where, f"expected a JSON object, got {type(record).__name__}")
+            return ("bad", where, f"expected a JSON object, got {type(record).__name__}")
         name = self.config.format if self.config.format != "auto" else detect(record)
         if name is None:
-            return self._bad(where, "not a record of any known log format (openai, litellm, bedrock); name one with --format")
+            return ("bad", where, "not a record of any known log format (openai, litellm, bedrock); name one with --format")
         try:
             entry = self.readers[name](record)
         except NotThisFormat as exc:
-            return self._bad(where, f"not a {name} log record: {exc}")
+            return ("bad", where, f"not a {name} log record: {exc}")
         self.formats[name] += 1
-        return entry
+        self.dropped.update(entry.dropped)
+        reason, kept = self.decide(entry)
+        if reason is not None:
+            return ("reject", where, entry.request_id, reason)
+        record, key, text, prefixes, conversation = kept
+        record["log"] = {"file": path, "line": number, **record["log"]}
+        return ("keep", where, entry.request_id, key, text, prefixes, conversation, _line(record))
 
-    def _bad(self, where: str, message: str):
-        if not self.config.skip_invalid:
-            raise ConfigError(f"{where}: {message} (--skip-invalid counts such records and goes on)")
-        self.reasons["unreadable"] += 1
-        return ("unreadable", where)
-
-    def decide(self, entry: Any) -> tuple[str | None, dict[str, Any] | None]:
-        """(rejection reason, or None and the record to keep)."""
+    def decide(self, entry: Any) -> tuple[str | None, Any]:
+        """(rejection reason, None) or (None, (record, prompt key, text for the near-duplicate
+        index or None, conversation-prefix hashes, conversation))."""
         config = self.config
-        self.dropped_parts.update(entry.dropped)
         if not entry.ok and not config.keep_errors:
             return "error", None
         if self.since or self.until:
@@ -332,23 +353,11 @@ class _Run:
 
             if len(encode_prompt(self.tokenizer, turns)) > config.max_prompt_tokens:
                 return "too_long", None
-        from distill.dedup import words
-
-        pid, chain = _ids(turns)
-        key = int(pid, 16)
-        if key in self.seen_exact:
-            return "duplicate", None
         text = turns[-1]["content"]
-        toks = words(text)
-        if self.suite is not None and self.suite.match(text, toks) is not None:
+        if self.suite is not None and self.suite.match(text) is not None:
             return "contaminated", None
-        if self.near is not None and len(turns) == 1 + (turns[0]["role"] == "system") and self.near.query(text, toks):
-            return "near_duplicate", None
-        self.seen_exact.add(key)
-        if self.near is not None and len(turns) == 1 + (turns[0]["role"] == "system"):
-            self.near.add(pid, text)
+        pid, chain = _ids(turns)
         conversation = entry.conversation or ""
-        self.prefixes.update((conversation, h) for h in chain[:-1])
         metadata = _scrub_value(entry.metadata, self.scrubber) if config.scrub else entry.metadata
         record: dict[str, Any] = {"id": pid, "messages": turns}
         if config.responses and entry.response is not None:
@@ -356,7 +365,47 @@ class _Run:
         record["log"] = {"request_id": entry.request_id, "time": entry.timestamp.isoformat() if entry.timestamp else None,
                          "model": entry.model, "format": entry.format, "metadata": metadata}
         record["_key"] = [conversation, chain[-1], chain[0], entry.conversation]
-        return None, record
+        single = len(turns) == 1 + (turns[0]["role"] == "system")
+        return None, (record, int(pid, 16), text if single and config.near_dup_threshold > 0 else None, chain[:-1],
+                      conversation)
+
+
+_WORKER: _Prepare | None = None
+
+
+def _worker_init(config: LogsConfig) -> None:
+    global _WORKER
+    _WORKER = _Prepare(config)
+
+
+def _worker_batch(lines: list[tuple[str, int, bytes]]) -> tuple[list[tuple], dict[str, Any]]:
+    assert _WORKER is not None
+    return _WORKER.batch(lines)
+
+
+def _batches(files: list[str], size: int = 2000) -> Iterator[list[tuple[str, int, bytes]]]:
+    batch: list[tuple[str, int, bytes]] = []
+    for item in read_records(files):
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _prepared(config: LogsConfig, files: list[str], workers: int) -> Iterator[tuple[list[tuple], dict[str, Any]]]:
+    """Batches of prepared records, in input order: in this process, or in ``workers`` processes
+    while this one deduplicates and writes."""
+    if workers <= 1:
+        local = _Prepare(config)
+        for batch in _batches(files):
+            yield local.batch(batch)
+        return
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(config,)) as pool:
+        yield from pool.imap(_worker_batch, _batches(files), chunksize=1)
 
 
 def run(config: LogsConfig) -> dict[str, Any]:
@@ -375,33 +424,72 @@ def run(config: LogsConfig) -> dict[str, Any]:
     try:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        state = _Run(config)
+        workers = config.workers or (min(os.cpu_count() or 1, 8) if _total_bytes(files) > POOL_MIN_BYTES else 1)
+        reasons: Counter = Counter()
+        formats: Counter = Counter()
+        dropped_parts: Counter = Counter()
+        scrubbed: Counter = Counter()
+        fields_seen: set[str] = set()
+        seen_exact: set[int] = set()
+        prefixes: set[tuple[str, str]] = set()
+        near = None
+        if config.near_dup_threshold > 0:
+            from distill.dedup import NearDuplicateIndex
+
+            near = NearDuplicateIndex(config.near_dup_threshold)
+        read = 0
         report = (staging / "report.jsonl").open("wb")
         kept = (staging / "kept.jsonl").open("wb")
         bar = tqdm(desc="logs", unit=" records", disable=not config.progress, mininterval=1.0)
-        for path, number, line in read_records(files):
-            state.read += 1
-            bar.update(1)
-            where = f"{path}:{number}"
-            entry = state.entry(path, number, line)
-            if isinstance(entry, tuple):
-                report.write(_line({"where": where, "decision": "rejected", "reason": "unreadable"}))
-                continue
-            reason, record = state.decide(entry)
-            if reason is not None:
-                state.reasons[reason] += 1
-                report.write(_line({"where": where, "request_id": entry.request_id, "decision": "rejected",
-                                    "reason": reason}))
-                continue
-            record["log"] = {"file": path, "line": number, **record["log"]}
-            kept.write(_line(record))
+        from distill.stop import STOP
+
+        for results, counts in _prepared(config, files, workers):
+            STOP.check("nothing written")
+            formats.update(counts["formats"])
+            dropped_parts.update(counts["dropped"])
+            scrubbed.update(counts["scrubbed"])
+            fields_seen |= counts["fields_seen"]
+            read += len(results)
+            bar.update(len(results))
+            for result in results:
+                kind, where = result[0], result[1]
+                if kind == "bad":
+                    if not config.skip_invalid:
+                        raise ConfigError(f"{where}: {result[2]} (--skip-invalid counts such records and goes on)")
+                    reasons["unreadable"] += 1
+                    report.write(_line({"where": where, "decision": "rejected", "reason": "unreadable"}))
+                    continue
+                request_id = result[2]
+                if kind == "reject":
+                    reason = result[3]
+                else:
+                    _, _, _, key, text, chain, conversation, line = result
+                    reason = None
+                    if key in seen_exact:
+                        reason = "duplicate"
+                    elif near is not None and text is not None and near.query(text):
+                        reason = "near_duplicate"
+                    else:
+                        seen_exact.add(key)
+                        if near is not None and text is not None:
+                            near.add(f"{key:016x}", text)
+                        prefixes.update((conversation, h) for h in chain)
+                        kept.write(line)
+                        continue
+                reasons[reason] += 1
+                report.write(_line({"where": where, "request_id": request_id, "decision": "rejected", "reason": reason}))
         bar.close()
         kept.close()
-        if state.where is not None:
-            unknown = sorted(state.where.fields - state.fields_seen)
-            if unknown and state.read:
+        where_expr = None
+        if config.where:
+            from distill.logs.where import Where
+
+            where_expr = Where(config.where)
+        if where_expr is not None:
+            unknown = sorted(where_expr.fields - fields_seen)
+            if unknown and read:
                 raise ConfigError(f"--where names {', '.join(repr(f) for f in unknown)}, which no record's metadata "
-                                  f"has ({state.read} records read); check the spelling")
+                                  f"has ({read} records read); check the spelling")
         # second pass: a request whose conversation continues in a later (longer) request is dropped
         counts = Counter()
         outputs = {"train": (staging / "prompts.jsonl").open("wb")}
@@ -412,8 +500,8 @@ def run(config: LogsConfig) -> dict[str, Any]:
                 record = _loads(line)
                 conversation, whole, root, conversation_id = record.pop("_key")
                 where = f"{record['log']['file']}:{record['log']['line']}"
-                if (conversation, whole) in state.prefixes:
-                    state.reasons["conversation_prefix"] += 1
+                if (conversation, whole) in prefixes:
+                    reasons["conversation_prefix"] += 1
                     report.write(_line({"where": where, "request_id": record["log"]["request_id"],
                                         "decision": "rejected", "reason": "conversation_prefix"}))
                     continue
@@ -432,22 +520,22 @@ def run(config: LogsConfig) -> dict[str, Any]:
         report.close()
         (staging / "kept.jsonl").unlink()
         accepted = sum(counts.values())
-        rejected = dict(sorted((r, n) for r, n in state.reasons.items() if n))
+        rejected = dict(sorted((r, n) for r, n in reasons.items() if n))
         if not accepted:
-            raise NothingToDo(f"distill logs: no prompt left of {state.read} records read (rejected: "
+            raise NothingToDo(f"distill logs: no prompt left of {read} records read (rejected: "
                               + (", ".join(f"{r} {n}" for r, n in rejected.items()) or "none") + "); nothing written")
         summary = {
             "kind": "distill-logs",
             "format_version": 1,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "files": files,
-            "records_read": state.read,
-            "formats": dict(state.formats),
+            "records_read": read,
+            "formats": dict(formats),
             "accepted": accepted,
             "splits": dict(counts),
             "rejected": rejected,
-            "scrubbed": dict(sorted(state.scrubber.counts.items())) if config.scrub else None,
-            "dropped_parts": dict(sorted(state.dropped_parts.items())),
+            "scrubbed": dict(sorted(scrubbed.items())) if config.scrub else None,
+            "dropped_parts": dict(sorted(dropped_parts.items())),
             "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
                          if k not in ("progress",)},
             "elapsed_s": round(time.perf_counter() - started, 2),

@@ -348,3 +348,37 @@ def test_logged_responses_make_a_black_box_corpus_that_trains(tmp_path, tiny_tea
     result = CliRunner().invoke(main, ["generate", "--teacher", str(tiny_teacher_dir), "--prompts", str(bare), "--out",
                                        str(tmp_path / "c2"), "--responses", "logged", "--no-progress"])
     assert result.exit_code == 2 and f"{bare}:1: --responses logged needs a non-empty 'response'" in result.output
+
+
+def test_worker_processes_give_the_same_output_as_one_process(tmp_path, mixed_logs):
+    extra = [planted_logs(tmp_path)]
+    outs = {}
+    for workers in ("1", "2"):
+        out = tmp_path / f"w{workers}"
+        code, output = logs(["--logs", mixed_logs, "--logs", extra[0], "--out", out, "--workers", workers, "--split", "0.3"])
+        assert code == 0, output
+        outs[workers] = out
+    for name in ("prompts.jsonl", "validation.jsonl", "report.jsonl"):
+        assert (outs["1"] / name).read_bytes() == (outs["2"] / name).read_bytes(), name
+    one, two = (json.loads((outs[w] / "logs.json").read_text()) for w in ("1", "2"))
+    for key in ("records_read", "formats", "accepted", "splits", "rejected", "scrubbed", "dropped_parts"):
+        assert one[key] == two[key], key
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps(openai_record("a", [{"role": "user", "content": "hi"}])) + "\n{not json\n")
+    code, output = logs(["--logs", broken, "--out", tmp_path / "wb", "--workers", "2"])
+    assert code == 2 and f"error: {broken}:2: not valid JSON" in output and not (tmp_path / "wb").exists()
+
+
+def test_sigterm_stops_without_writing(tmp_path):
+    from tests.test_preemption import error_lines, run_signalled
+
+    records = [openai_record(f"t{i}", [{"role": "user", "content": f"Question number {i} about billing?"}]) for i in range(5000)]
+    path = write_jsonl(tmp_path / "big.jsonl", records)
+    out = tmp_path / "out"
+    # SIGTERM as the second batch of records starts (batches of 2000)
+    proc = run_signalled("distill.logs", "_Prepare.batch", 2, ["logs", "--logs", path, "--out", out, "--workers", "1",
+                                                                "--no-progress"])
+    assert proc.returncode == 75, proc.stderr[-2000:]
+    (line,) = error_lines(proc.stderr)
+    assert line.startswith("error: SIGTERM: nothing written; stopped")
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
