@@ -201,9 +201,25 @@ def entry() -> None:
     from distill.stop import STOP
 
     # SIGTERM (docker stop, a SageMaker stop or spot interruption, a Kubernetes eviction): every
-    # stage stops at its next safe point and exits 75. Installed here, for the process that runs
-    # the command, not in ``main``, so code that calls ``main`` in-process keeps its own handling.
-    STOP.install()
-    if sagemaker.is_job(sys.argv[1:]):
+    # stage that polls the flag stops at its next safe point and exits 75. Installed here, for the
+    # process that runs the command, not in ``main``, so code that calls ``main`` in-process keeps
+    # its own handling; and only for those stages: any other command (inspect, init-student) keeps
+    # the default, so a SIGTERM ends it at once instead of being recorded and never looked at.
+    job = sagemaker.is_job(sys.argv[1:])
+    if job or _command(sys.argv[1:]) in STOP_AWARE:
+        STOP.install()
+    if job:
         sys.exit(sagemaker.run_job())
     main()
+
+
+# the commands that poll distill.stop.STOP at their safe points
+STOP_AWARE = {"generate", "augment", "train", "eval", "logs"}
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (after any global options)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+    return None

@@ -10,7 +10,10 @@ resumable state behind, then raises ``Preempted`` (exit code 75):
 - ``generate``: the shard in flight is dropped (never half written), committed shards stay;
 - ``augment`` (also inside ``generate --augment``): the round in flight is dropped, finished
   rounds stay;
-- ``eval``: stops before writing any report.
+- ``eval``: stops before writing any report;
+- ``logs``: stops between batches of records; its output is written only at the end.
+
+Other commands (``inspect``, ``init-student``) keep the default SIGTERM action: they end at once.
 
 A rerun of the same command (``train``: with ``--resume``) continues from that state; the result
 equals an uninterrupted run.

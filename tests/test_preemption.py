@@ -162,3 +162,23 @@ def test_eval_sigterm_leaves_no_report(tiny_teacher_dir, tmp_path):
     (line,) = error_lines(proc.stderr)
     assert "eval: no report written" in line, line
     assert not (out / "report.json").exists() and not (out / "report.md").exists()
+
+
+def test_commands_that_do_not_poll_the_flag_keep_the_default_sigterm(tmp_path):
+    """inspect / init-student never look at the stop flag: SIGTERM must end them at once (the
+    default action), not be recorded and ignored."""
+    from distill.cli import STOP_AWARE, _command
+
+    assert _command(["--debug", "train", "--resume"]) == "train" and _command(["--version"]) is None
+    assert STOP_AWARE == {"generate", "augment", "train", "eval", "logs"}
+    code = ("import os, signal, sys, time\n"
+            "import distill.inspect as ins\n"
+            "def slow(*a, **k):\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(30)\n"
+            "ins.run = slow\n"
+            "from distill.cli import entry; sys.argv[0] = 'distill'; entry()")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code, "inspect", str(tmp_path)], env=ENV, cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == -signal.SIGTERM and time.monotonic() - started < 20, proc.stderr[-2000:]
