@@ -33,11 +33,14 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 started_dockerd=
 cleanup() {
+    local status=$?
     find "$EXTRA" -mindepth 1 ! -name README.md -exec rm -rf {} + 2>/dev/null || true
     if [ -n "$started_dockerd" ] && [ -z "${KEEP_DOCKERD:-}" ]; then
         as_root kill "$started_dockerd" 2>/dev/null || true
         for _ in $(seq 1 30); do as_root kill -0 "$started_dockerd" 2>/dev/null || break; sleep 1; done
+        if docker info >/dev/null 2>&1; then echo "image-test: dockerd (pid $started_dockerd) is still running" >&2; fi
     fi
+    exit "$status"
 }
 trap cleanup EXIT
 
@@ -48,10 +51,14 @@ if ! command -v dockerd >/dev/null || ! command -v docker >/dev/null; then
 fi
 if ! docker info >/dev/null 2>&1; then
     log=${TMPDIR:-/tmp}/distill-dockerd.log
-    as_root dockerd >"$log" 2>&1 &
-    started_dockerd=$!
+    pidfile=/var/run/docker.pid
+    as_root rm -f "$pidfile"
+    # dockerd itself writes its pid: $! would be the pid of the shell that runs as_root, and
+    # killing that would leave the daemon running
+    as_root dockerd --pidfile "$pidfile" >"$log" 2>&1 &
     for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
     docker info >/dev/null 2>&1 || { tail -n 20 "$log"; echo "image-test: dockerd did not start (log: $log)" >&2; exit 1; }
+    started_dockerd=$(as_root cat "$pidfile")
     echo "started dockerd (pid $started_dockerd, log $log)"
 fi
 docker version --format 'client {{.Client.Version}}, server {{.Server.Version}}'
