@@ -58,9 +58,6 @@ except ImportError:  # pragma: no cover - the standard library does the same, sl
 
     _DECODE_ERRORS = (json.JSONDecodeError, UnicodeDecodeError)
 
-REASONS = ("error", "no_timestamp", "outside_window", "model", "metadata", "no_user_turn", "too_many_turns",
-           "too_long", "duplicate", "near_duplicate", "contaminated", "conversation_prefix", "unreadable")
-
 
 @dataclass(frozen=True)
 class LogsConfig:

@@ -413,18 +413,29 @@ class OpenAITeacher:
         raises TeacherError after ``endpoint.ready_timeout_s``; SIGTERM stops the wait (exit 75)."""
         import httpx
 
-        from distill.stop import STOP
 
         cfg = self.endpoint
         if cfg.ready_timeout_s <= 0:
             return 0.0
         url = cfg.base_url.rstrip("/") + "/models"
         started = time.monotonic()
+        client = httpx.Client(headers=self._headers(), timeout=httpx.Timeout(cfg.connect_timeout_s),
+                              verify=ssl.create_default_context())  # one TLS context: building one reads the CA bundle
+        try:
+            return self._poll_ready(client, url, started, poll_s, note_every_s)
+        finally:
+            client.close()
+
+    def _poll_ready(self, client: Any, url: str, started: float, poll_s: float, note_every_s: float) -> float:
+        import httpx
+
+        from distill.stop import STOP
+
+        cfg = self.endpoint
         noted = None
-        timeout = httpx.Timeout(cfg.connect_timeout_s)
         while True:
             try:
-                response = httpx.get(url, headers=self._headers(), timeout=timeout, verify=ssl.create_default_context())
+                response = client.get(url)
                 if response.status_code < 500 and response.status_code != 429:
                     waited = time.monotonic() - started
                     if noted is not None:

@@ -37,9 +37,9 @@ def open_up(path: Path) -> Path:
 
 
 def docker_args(args: list[str], *, user: str | None = None, mounts: dict[Path, str] | None = None,
-                env: dict[str, str] | None = None, name: str | None = None, extra: list[str] | None = None) -> list[str]:
-    network = "host" if extra and "host" in extra else "none"  # host: a test that serves a teacher on 127.0.0.1
-    extra = [x for x in (extra or []) if x not in ("--network", "host")]
+                env: dict[str, str] | None = None, name: str | None = None, extra: list[str] | None = None,
+                network: str = "none") -> list[str]:
+    """``network="host"`` only for a test that serves a teacher or a rendezvous on 127.0.0.1."""
     cmd = ["docker", "run", "--network", network, "--name", name or f"distill-test-{uuid.uuid4().hex[:10]}"]
     if user:
         cmd += ["--user", user]
@@ -166,22 +166,28 @@ def stop_container(name: str, ready, timeout: float = 300) -> tuple[float, int]:
     return took, int(code.stdout.strip())
 
 
+def stop_job(root: Path, ready) -> tuple[float, int, str]:
+    """A SageMaker-style job started detached, stopped with ``docker stop -t 120`` once ``ready()``:
+    (seconds to exit, exit code, its stderr)."""
+    name = f"distill-stop-{uuid.uuid4().hex[:8]}"
+    subprocess.run(docker_args(["train"], mounts={open_up(root): "/opt/ml"}, name=name, extra=["-d"]), check=True,
+                   capture_output=True)
+    try:
+        took, code = stop_container(name, ready)
+        return took, code, subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
 def test_docker_stop_during_train_checkpoints_and_the_same_run_resumes_to_the_same_losses(tiny_student_dir, kd_corpus, tmp_path):
     hyper = {"stage": "train", "max_steps": 300, "tokens_per_batch": 512, "max_seq_len": 64, "lr": 0.001, "save_every": 0}
     channels = {"corpus": kd_corpus, "student": tiny_student_dir}
     ref = ml_tree(tmp_path / "ref", hyper, channels)
     assert sagemaker_job(ref, None).returncode == 0
     root = ml_tree(tmp_path / "ml", hyper, channels)
-    name = f"distill-stop-{uuid.uuid4().hex[:8]}"
-    subprocess.run(docker_args(["train"], mounts={open_up(root): "/opt/ml"}, name=name, extra=["-d"]), check=True,
-                   capture_output=True)
     state = root / "checkpoints" / "train"
-    try:
-        took, code = stop_container(name, lambda: (state / "metrics.jsonl").is_file()
-                                    and any("loss" in m for m in read_metrics(state)))
-        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr
-    finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    took, code, logs = stop_job(root, lambda: (state / "metrics.jsonl").is_file()
+                                and any("loss" in m for m in read_metrics(state)))
     print(f"train: docker stop -> exit in {took:.1f} s")
     assert code == 75, logs[-3000:]
     assert re.search(r"error: SIGTERM: checkpoint of step \d+ of 300 written in .*; stopped [0-9.]+ s after the signal", logs), logs[-2000:]
@@ -208,15 +214,8 @@ def test_docker_stop_during_generate_keeps_whole_shards_and_the_same_run_complet
     ref = ml_tree(tmp_path / "ref", hyper, channels)
     assert sagemaker_job(ref, None).returncode == 0
     root = ml_tree(tmp_path / "ml", hyper, channels)
-    name = f"distill-stop-{uuid.uuid4().hex[:8]}"
-    subprocess.run(docker_args(["train"], mounts={open_up(root): "/opt/ml"}, name=name, extra=["-d"]), check=True,
-                   capture_output=True)
     data = root / "checkpoints" / "generate" / "data"
-    try:
-        took, code = stop_container(name, lambda: len(list(data.glob("train-*.parquet"))) >= 2)
-        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr
-    finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    took, code, logs = stop_job(root, lambda: len(list(data.glob("train-*.parquet"))) >= 2)
     print(f"generate: docker stop -> exit in {took:.1f} s")
     assert code == 75, logs[-3000:]
     assert re.search(r"shard\(s\) committed", logs) and took < 60, logs[-2000:]
@@ -261,13 +260,13 @@ def test_an_indexed_job_of_worker_containers_writes_the_corpus_of_one_run(tiny_t
             "model": "tiny", "tokenizer": "/config/tokenizer", "backend": "openai", "max_context": 4096,
             "endpoint": {"base_url": server.base_url, "server": "vllm", "concurrency": 4, "request_timeout_s": 0.8,
                          "backoff_base_s": 0.05, "backoff_max_s": 0.5}}))
-        ref = run([*args, "--out", "/data/single"], mounts=mounts, extra=["--network", "host"], timeout=600)
+        ref = run([*args, "--out", "/data/single"], mounts=mounts, network="host", timeout=600)
         assert ref.returncode == 0, ref.stderr[-3000:]
         names = [f"distill-worker-{i}-{uuid.uuid4().hex[:6]}" for i in range(workers)]
         env = {"DISTILL_SHARD_COUNT": str(workers)}
         for index, name in enumerate(names):
             subprocess.run(docker_args([*args, "--out", "/data/corpus", "--shard", "auto"], mounts=mounts, name=name,
-                                       env={**env, "JOB_COMPLETION_INDEX": str(index)}, extra=["-d", "--network", "host"]),
+                                       env={**env, "JOB_COMPLETION_INDEX": str(index)}, extra=["-d"], network="host"),
                            check=True, capture_output=True)
         try:
             # worker 1 commits shards 1, 4, 7, ...: kill it once it has one, then start it again
@@ -282,7 +281,7 @@ def test_an_indexed_job_of_worker_containers_writes_the_corpus_of_one_run(tiny_t
             mine = [p for p in data.glob("train-*.parquet") if int(p.name.split("-")[1]) % workers == 1]
             assert len(mine) < 6, "worker 1 had finished before it was killed"
             retry = run([*args, "--out", "/data/corpus", "--shard", "auto"], mounts=mounts,
-                        env={**env, "JOB_COMPLETION_INDEX": "1"}, extra=["--network", "host"], timeout=600)
+                        env={**env, "JOB_COMPLETION_INDEX": "1"}, network="host", timeout=600)
             assert retry.returncode == 0, retry.stderr[-3000:]
             assert "resuming" in retry.stderr
             for name in (names[0], names[2]):
@@ -342,7 +341,7 @@ def test_the_pytorchjob_environment_trains_across_two_containers_as_one_process_
                "PET_NPROC_PER_NODE": str(nproc), "PET_NNODES": str(nodes), "DS_ACCELERATOR": "cpu"}
         # docker run's --entrypoint takes one program: the rest of the manifest's command goes first in the args
         subprocess.run(docker_args([*command[1:], *args], mounts=mounts, env=env, name=name,
-                                   extra=["-d", "--network", "host", "--entrypoint", command[0]]), check=True, capture_output=True)
+                                   extra=["-d", "--entrypoint", command[0]], network="host"), check=True, capture_output=True)
     logs = {}
     try:
         for name in names:
