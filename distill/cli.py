@@ -76,11 +76,12 @@ def main(ctx: click.Context, debug: bool) -> None:
     distill train      student learns from it: KD (top-k) + SFT, DeepSpeed-ready
     distill eval       score models on a suite, compare, gate
     distill inspect    summarize a corpus
+    distill pipeline   scheduled re-distillation: run, status, promote, rollback, render
     distill demo       the whole pipeline on the shipped demo teacher (CPU, minutes)
 
     Exit codes: 0 ok, 1 unexpected error, 2 bad input, 3 gate failed, 4 a model failed to evaluate,
-    5 training diverged, 6 lock held, 7 nothing to do, 74 storage refused, 75 preempted (rerun to
-    resume); docs/cli.md.
+    5 training diverged, 6 lock held, 7 nothing to do, 8 a pipeline stage failed, 74 storage
+    refused, 75 preempted (rerun to resume); docs/cli.md.
     """
     ctx.obj = {"debug": debug}
 
@@ -168,6 +169,76 @@ def inspect_command(corpus_dirs: tuple[str, ...], as_json: bool, samples: int, v
     run(list(corpus_dirs), as_json=as_json, samples=samples, verify=verify)
 
 
+@main.group("pipeline", cls=DistillGroup)
+def pipeline_group() -> None:
+    """Scheduled re-distillation: one idempotent command a scheduler calls (docs/pipeline.md).
+
+    \b
+    distill pipeline run SPEC        collect new prompts -> generate -> train -> eval -> gate -> promote
+    distill pipeline status SPEC     the champion, the last runs, a plot of their scores
+    distill pipeline promote SPEC --run RUN_ID    move the alias by hand
+    distill pipeline rollback SPEC   the previous champion back
+    distill pipeline render SPEC --target cronjob|argo|sagemaker
+
+    Exit codes of run: 0 promoted, 3 gate failed (not promoted), 7 nothing new, 6 lock held,
+    2 bad spec or input, 8 a stage failed, 74 storage refused, 75 stopped (rerun to resume).
+    """
+
+
+_spec_argument = click.argument("spec", type=click.Path(dir_okay=False))
+_work_option = click.option("--work", type=click.Path(file_okay=False), default=None,
+                            help="local mirror of an object store's stages (default: the spec's work, else ~/.cache/distill/pipeline/NAME)")
+
+
+@pipeline_group.command("run")
+@_spec_argument
+@click.option("--run-id", default=None, help="the run's id (a rerun with the same id resumes it, or does nothing when it finished)")
+@click.option("--scheduled-time", default=None, help="the schedule's time for this run (ISO 8601): the run id becomes scheduled-YYYYMMDDTHHMMSSZ")
+@_work_option
+def pipeline_run(spec: str, run_id: str | None, scheduled_time: str | None, work: str | None) -> None:
+    """Run (or resume) one scheduled run: new prompts -> corpus -> student -> gate -> promotion.
+
+    Without --run-id or --scheduled-time the id is a hash of the spec and the source files, so a
+    scheduler that calls again with nothing new gets "already finished" (or exit 7)."""
+    from distill.pipeline.run import run_pipeline
+
+    sys.exit(run_pipeline(spec, run_id=run_id, scheduled=scheduled_time, work=work))
+
+
+@pipeline_group.command("status")
+@_spec_argument
+@click.option("--runs", default=10, show_default=True, type=int, help="the last N runs")
+@click.option("--plot", default=None, type=click.Path(dir_okay=False), help="PNG of challenger/champion/teacher scores over runs (default: STORE/status.png for a folder store)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@_work_option
+def pipeline_status(spec: str, runs: int, plot: str | None, as_json: bool, work: str | None) -> None:
+    """The champion, the last runs with their stages, decisions and scores, and a plot."""
+    from distill.pipeline.status import status
+
+    status(spec, runs=runs, plot=plot, as_json=as_json, work=work)
+
+
+@pipeline_group.command("promote")
+@_spec_argument
+@click.option("--run", "run_id", required=True, help="the finished run whose student becomes the champion")
+@_work_option
+def pipeline_promote(spec: str, run_id: str, work: str | None) -> None:
+    """Move the alias to a finished run's student (also one whose gate failed)."""
+    from distill.pipeline.status import move_alias
+
+    sys.exit(move_alias(spec, run_id, work))
+
+
+@pipeline_group.command("rollback")
+@_spec_argument
+@_work_option
+def pipeline_rollback(spec: str, work: str | None) -> None:
+    """Move the alias back to the previous champion."""
+    from distill.pipeline.status import move_alias
+
+    sys.exit(move_alias(spec, None, work))
+
+
 @main.command("demo")
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(), help="folder for everything the demo writes")
 @click.option("--seed", default=0, show_default=True, type=int, help="seed of augmentation and training")
@@ -214,7 +285,7 @@ def entry() -> None:
 
 
 # the commands that poll distill.stop.STOP at their safe points
-STOP_AWARE = {"generate", "augment", "train", "eval", "logs"}
+STOP_AWARE = {"generate", "augment", "train", "eval", "logs", "pipeline"}
 
 
 def _command(argv: list[str]) -> str | None:

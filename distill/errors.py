@@ -15,6 +15,8 @@ code  name                  meaning, and what a scheduler should do
 5     DIVERGED              training's loss went NaN/inf; no final model was written
 6     LOCK_HELD             another process owns the output folder or store; retry later
 7     NOTHING_TO_DO         no new input since the last run: nothing was done
+8     STAGE_FAILED          a ``pipeline run`` stage failed (model, training, crash); its own error is
+                            printed. Rerun the same run id: finished stages are skipped
 74    IO_ERROR              the system refused: permission denied, disk full, file too large; fix
                             the storage and rerun (what was written stays resumable)
 75    PREEMPTED             stopped by SIGTERM after saving a resumable state; rerun the same
@@ -40,6 +42,7 @@ class ExitCode(enum.IntEnum):
     DIVERGED = 5
     LOCK_HELD = 6
     NOTHING_TO_DO = 7
+    STAGE_FAILED = 8
     IO_ERROR = 74
     PREEMPTED = 75
 
@@ -53,6 +56,7 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.DIVERGED: "training diverged (non-finite loss); no final model written",
     ExitCode.LOCK_HELD: "another process holds the lock on the output folder or store",
     ExitCode.NOTHING_TO_DO: "nothing new to do",
+    ExitCode.STAGE_FAILED: "a pipeline stage failed (its error is printed); rerun the same run id to resume from it",
     ExitCode.IO_ERROR: "the system refused a read or write: permission denied, disk full, file too large (resumable)",
     ExitCode.PREEMPTED: "stopped by SIGTERM (a job stop, spot interruption, eviction) after saving a resumable state: rerun to continue (train: with --resume)",
 }

@@ -26,7 +26,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 from distill.build_info import build_info
 from distill.config import ConfigError, bad, field
@@ -98,6 +98,9 @@ class GenerateConfig:
                         "the response and the teacher scores it (top-k at every position), for SFT/KD on labelled data; "
                         "logged: each prompt's logged `response` (distill logs) is the response, tokenized with the "
                         "teacher's tokenizer, no log-probs (a black-box corpus: training runs CE only)")
+    reuse: tuple[str, ...] = field((), help="finished corpus to copy rows from instead of asking the teacher again, where "
+                                        "the row id (prompt, generation settings, sample), teacher fingerprint, tokenizer "
+                                        "and log-prob grid all match; repeatable (distill pipeline passes the store's corpora)")
 
     def __post_init__(self) -> None:
         for name in ("teacher", "prompts", "out"):
@@ -324,6 +327,69 @@ def _logged_outputs(teacher: Any, rows: list[_Planned]) -> Iterator[Any]:
                             sampled_logprobs=None, finish_reason="stop", text=response)
 
 
+class ReusedRows:
+    """Rows of earlier corpora that answer exactly the requests of this run (``--reuse``).
+
+    A row is reused only when everything that determines it matches: its id (the prompt, the
+    generation settings, the sample index), the teacher's fingerprint, the tokenizer and the
+    log-prob grid, so the copied row is the row the teacher would have written (the stored codes
+    decode to grid points, which encode back to the same codes). Only the ``id`` column is read
+    to find them; a shard's rows are decoded when that shard is written.
+    """
+
+    def __init__(self) -> None:
+        self._where: dict[str, tuple[Any, int]] = {}  # row id -> (corpus, row group)
+        self.sources: list[str] = []
+
+    @classmethod
+    def find(cls, folders: Sequence[str], wanted: set[str], fingerprint: dict[str, Any], tok_fp: str,
+             top_k: int, grid: Any) -> "ReusedRows":
+        import pyarrow.parquet as pq
+
+        from distill.corpus import open_corpus
+        from distill.corpus.reader import manifest_grid
+
+        found = cls()
+        for folder in folders:
+            corpus = open_corpus(folder)
+            manifest = corpus.manifests[0]
+            if (corpus.teacher != fingerprint or corpus.tokenizer_fingerprint != tok_fp or corpus.top_k != top_k
+                    or manifest_grid(manifest) != grid):
+                continue
+            found.sources.append(str(folder))
+            for index, (shard_index, group) in enumerate(corpus._groups):
+                shard = corpus._shards[shard_index]
+                ids = pq.ParquetFile(shard.path).read_row_group(group, columns=["id"]).column("id").to_pylist()
+                for rid in ids:
+                    if rid in wanted and rid not in found._where:
+                        found._where[rid] = (corpus, index)
+        return found
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def outputs(self, rids: Sequence[str]) -> dict[str, Any]:
+        """TeacherOutputs, keyed by row id, for those of ``rids`` found in an earlier corpus."""
+        from distill.teachers.base import TeacherOutput
+
+        groups: dict[tuple[int, int], list[str]] = {}
+        for rid in rids:
+            if rid in self._where:
+                corpus, index = self._where[rid]
+                groups.setdefault((id(corpus), index), []).append(rid)
+        out: dict[str, Any] = {}
+        for rids_here in groups.values():
+            corpus, index = self._where[rids_here[0]]
+            keep = set(rids_here)
+            for row in corpus.read_row_group(index):
+                if row.id in keep:
+                    out[row.id] = TeacherOutput(
+                        key=row.id, prompt_ids=row.prompt_ids, response_ids=row.response_ids, topk_ids=row.topk_ids,
+                        topk_logprobs=row.topk_logprobs, sampled_logprobs=row.sampled_logprobs,
+                        finish_reason=row.finish_reason, text=row.response_text)
+        return out
+
+
 def _shard_stats(writer: Any) -> dict[str, Any]:
     import numpy as np
     import pyarrow.parquet as pq
@@ -402,17 +468,26 @@ def run(config: GenerateConfig) -> dict[str, Any]:
         new_tokens = 0
         responding = time.perf_counter()  # throughput counts the response phase only (not augmentation)
         bar = tqdm(total=todo_rows, desc="generate", unit="row", disable=not config.progress)
+        todo_rids = {p.rid for j in todo for p in planned[j * config.rows_per_shard:(j + 1) * config.rows_per_shard]}
+        reusable = ReusedRows.find(config.reuse, todo_rids, fingerprint, tok_fp, top_k, writer.grid)
+        reused_rows = teacher_rows = 0
         for index in todo:
             shard_rows = planned[index * config.rows_per_shard:(index + 1) * config.rows_per_shard]
-            if config.responses == "reference":
-                stream = teacher.score(_reference_requests(teacher, shard_rows), top_k)
+            outputs: dict[str, Any] = reusable.outputs([p.rid for p in shard_rows])
+            reused_rows += len(outputs)
+            bar.update(len(outputs))
+            ask = [p for p in shard_rows if p.rid not in outputs]
+            teacher_rows += len(ask)
+            if not ask:
+                stream = iter(())
+            elif config.responses == "reference":
+                stream = teacher.score(_reference_requests(teacher, ask), top_k)
             elif config.responses == "logged":
-                stream = _logged_outputs(teacher, shard_rows)
+                stream = _logged_outputs(teacher, ask)
             else:
                 requests = [GenerationRequest(key=p.rid, prompt_ids=p.prompt_ids, seed=p.seed,
-                                              messages=tuple(p.record.messages)) for p in shard_rows]
+                                              messages=tuple(p.record.messages)) for p in ask]
                 stream = teacher.generate(requests, params)
-            outputs: dict[str, Any] = {}
             for output in stream:
                 outputs[output.key] = output
                 new_tokens += len(output.response_ids)
@@ -436,7 +511,8 @@ def run(config: GenerateConfig) -> dict[str, Any]:
         respond_s = time.perf_counter() - responding
         elapsed = time.perf_counter() - started
         stats = _shard_stats(writer)
-        stats.update({"prompts": len(encoded), "elapsed_s_last_run": round(elapsed, 2),
+        stats.update({"prompts": len(encoded), "reused_rows_last_run": reused_rows, "teacher_rows_last_run": teacher_rows,
+                      "elapsed_s_last_run": round(elapsed, 2),
                       "respond_s_last_run": round(respond_s, 2), "new_response_tokens_last_run": new_tokens,
                       "response_tokens_per_s_last_run": round(new_tokens / respond_s, 2) if respond_s else None})
         ingest_stats = seeds.stats()
