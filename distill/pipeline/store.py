@@ -137,7 +137,7 @@ class LocalStore(Store):
             parent = parent.parent
         if not os.access(parent, os.W_OK):
             raise StoreError(f"store {self.root}: {parent} is not writable")
-        self.root.mkdir(parents=True, exist_ok=True)
+        # the folder itself is made by the lock, which removes it again if the run wrote nothing
 
     def lock(self, stale_after_s: float, purpose: str) -> Any:
         from distill.lock import FolderLock
