@@ -5,9 +5,11 @@ One small interface, two registries:
 - ``store`` (the default): ``ledger.json`` in the store holds every version (its lineage), the
   alias (``champion``) and the previous champions kept for rollback. Nothing else to run.
 - ``mlflow``: the same, mirrored to an MLflow tracking server: a registered model named after the
-  pipeline, one model version per promoted run (source: the student's folder in the store, tags:
-  the run id and lineage hashes), the alias set on it, and one MLflow run per version carrying the
-  lineage as params, the eval scores as metrics and the eval report and decision as artifacts.
+  pipeline, one model version per promoted run (its source: the student's files, logged as the
+  run's ``student`` artifacts, so ``models:/NAME@champion`` downloads it from MLflow alone; tags:
+  the run id and the weights fingerprint), the alias set on it, and one MLflow run per version
+  carrying the lineage as params, the eval scores as metrics, the eval report and the lineage as
+  artifacts.
 
 Every MLflow step is idempotent (looked up by the run id tag first), so a run that dies between
 publishing and committing the ledger publishes nothing twice when it is rerun. The ledger is the
@@ -93,8 +95,12 @@ class MlflowRegistry:
                 (Path(tmp) / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True, default=str))
                 self._call("logging the eval report", self.client.log_artifact, rid, str(report), "eval")
                 self._call("logging the lineage", self.client.log_artifact, rid, str(Path(tmp) / "lineage.json"))
+            # the student itself, so `models:/NAME@champion` downloads it from MLflow alone
+            student = store.pull(lineage["student"])
+            self._call("logging the student", self.client.log_artifacts, rid, str(student), "student")
             self._call("finishing the run", self.client.set_terminated, rid)
-        source = f"{store.url}/{lineage['student']}"
+            mlflow_run = self._call("reading the run", self.client.get_run, rid)
+        source = f"{mlflow_run.info.artifact_uri.rstrip('/')}/student"
         created = self._call("creating the model version", self.client.create_model_version, self.name, source,
                              run_id=mlflow_run.info.run_id, tags={"distill_run": run_id,
                                                                   "weights_fingerprint": lineage["weights_fingerprint"]})

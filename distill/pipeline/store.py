@@ -157,6 +157,7 @@ class ObjectStore(Store):
 
         self.url = url.rstrip("/")
         self.protocol = self.url.split("://", 1)[0]
+        self.storage_options = dict(storage_options or {})
         try:
             self.fs, self.base = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
         except (ImportError, ValueError) as exc:
@@ -248,6 +249,8 @@ class ObjectStore(Store):
         self.work.mkdir(parents=True, exist_ok=True)
 
     def lock(self, stale_after_s: float, purpose: str) -> Any:
+        if self.protocol not in ("s3", "s3a"):
+            raise ConfigError(f"store {self.url}: the run lock needs S3's conditional writes; use a folder or s3://")
         return ObjectLock(self, "pipeline.lock", stale_after_s, purpose)
 
 
