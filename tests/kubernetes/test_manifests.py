@@ -69,6 +69,7 @@ DECISIONS = {
     ExitCode.DIVERGED: FAIL,  # deterministic
     ExitCode.LOCK_HELD: RETRY,  # the pod being replaced may still hold the folder
     ExitCode.NOTHING_TO_DO: FAIL,  # nothing a retry can change
+    ExitCode.STAGE_FAILED: RETRY,  # `pipeline run` only: a stage's crash or a model down; a rerun resumes it
     ExitCode.IO_ERROR: RETRY,  # storage hiccups pass; a full disk fails the index after the backoff
     ExitCode.PREEMPTED: IGNORE,  # evicted or drained: resumable, not the job's fault
 }
