@@ -76,7 +76,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     distill train      student learns from it: KD (top-k) + SFT, DeepSpeed-ready
     distill eval       score models on a suite, compare, gate
     distill inspect    summarize a corpus
-    distill pipeline   scheduled re-distillation: run, status, promote, rollback, render
+    distill pipeline   scheduled re-distillation: run, status, promote, rollback
     distill demo       the whole pipeline on the shipped demo teacher (CPU, minutes)
 
     Exit codes: 0 ok, 1 unexpected error, 2 bad input, 3 gate failed, 4 a model failed to evaluate,
@@ -178,7 +178,6 @@ def pipeline_group() -> None:
     distill pipeline status SPEC     the champion, the last runs, a plot of their scores
     distill pipeline promote SPEC --run RUN_ID    move the alias by hand
     distill pipeline rollback SPEC   the previous champion back
-    distill pipeline render SPEC --target cronjob|argo|sagemaker
 
     Exit codes of run: 0 promoted, 3 gate failed (not promoted), 7 nothing new, 6 lock held,
     2 bad spec or input, 8 a stage failed, 74 storage refused, 75 stopped (rerun to resume).

@@ -10,7 +10,6 @@ import pytest
 from click.testing import CliRunner
 
 from distill.cli import main
-from tests.pipeline import helpers
 from tests.pipeline.helpers import ledger, prompts, spec, write_prompts
 
 
