@@ -52,7 +52,7 @@ def build(work: Path, old: int, segments: int) -> float:
         texts = [old_prompt(i, vocab) for i in range(s * per, min(old, (s + 1) * per))]
         conv = [[{"role": "user", "content": t}] for t in texts]
         sig = hasher.signatures(texts)
-        write_segment(work / f"run-{s:03d}", exact_keys(conv), sig, hasher.band_hashes(sig), hasher)
+        write_segment(work / f"run-{s:03d}", exact_keys(conv), sig, hasher.band_hashes(sig), hasher, texts)
         print(f"  segment {s + 1}/{segments}: {len(texts)} prompts, {time.perf_counter() - started:.0f} s", flush=True)
     return time.perf_counter() - started
 
@@ -62,27 +62,37 @@ def check(work: Path, old: int, new: int) -> dict:
 
     vocab = words()
     rng = random.Random(99)
-    texts = []
+    texts, planted = [], []
     for j in range(new):
         kind = j % 100
         if kind == 0:  # an exact copy of an old prompt
             texts.append(old_prompt(rng.randrange(old), vocab))
         elif kind == 1:  # a near copy: one word changed
-            ws = old_prompt(rng.randrange(old), vocab).split()
+            original = old_prompt(rng.randrange(old), vocab)
+            ws = original.split()
             ws[-2] = rng.choice(vocab)
             texts.append(" ".join(ws))
+            planted.append((j, original))
         else:
             texts.append(prompt(rng, vocab, f"new {j}"))
     segments = [(p.name, p) for p in sorted(work.iterdir()) if (p / "segment.json").exists()]
     started = time.perf_counter()
     verdicts, *_ = dedup([[{"role": "user", "content": t}] for t in texts], segments, Hasher(0.7))
     wall = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     reasons: dict[str, int] = {}
     for r in verdicts.reason:
         reasons[r or "kept"] = reasons.get(r or "kept", 0) + 1
-    return {"wall_s": round(wall, 1), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "planted_exact": new // 100 + (1 if new % 100 > 0 else 0), "planted_near": new // 100 + (1 if new % 100 > 1 else 0),
-            "found": reasons}
+    # the planted near copies by their true Jaccard: those at or above the threshold must be found
+    from distill.dedup import jaccard, shingles
+
+    above = [j for j, original in planted if jaccard(shingles(texts[j]), shingles(original)) >= 0.7]
+    below = [j for j, original in planted if j not in set(above)]
+    found = lambda js: sum(1 for j in js if verdicts.reason[j] == "near_duplicate_of_earlier_run")  # noqa: E731
+    return {"wall_s": round(wall, 1), "peak_rss_mb": round(peak),
+            "planted_exact": sum(1 for j in range(new) if j % 100 == 0), "planted_near": len(planted),
+            "planted_near_jaccard_ge_0.7": len(above), "found_of_those": found(above),
+            "planted_near_jaccard_lt_0.7": len(below), "flagged_of_those": found(below), "found": reasons}
 
 
 def main() -> None:

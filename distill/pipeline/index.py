@@ -5,14 +5,17 @@ Each finished run leaves one segment (``runs/RUN_ID/index/``) for the prompts it
     keys.npy     [n, 2] uint64   the first 16 bytes of sha256 over the normalized conversation
     minhash.npy  [n, P] uint32   MinHash signature of the word 3-gram shingles (P permutations)
     bands.npy    [B, n] uint64   one hash per LSH band of R rows (B * R <= P), band-major
+    texts.bin, offsets.npy       the prompts' text (UTF-8, concatenated) and where each starts
 
 A new run's prompts are checked against every segment in turn, so memory holds one band column of
 one segment (8 bytes per old prompt) plus the new prompts' own arrays, whatever the history's
 size; the old signatures are read (memory-mapped) only for the candidates a band proposes.
 
-Exact duplicates: equal keys. Near duplicates: a shared band proposes the pair and the signatures'
-agreement (the MinHash estimate of the shingle sets' Jaccard similarity, standard error about
-0.04 at 128 permutations) decides, at the same threshold as augmentation's. The shingles are
+Exact duplicates: equal keys. Near duplicates: a shared band proposes the pair (the bands are
+tuned for recall, as augmentation's), the signatures' agreement (the MinHash estimate of the
+Jaccard similarity, standard error about 0.04 at 128 permutations) screens it, and the exact
+Jaccard of the two shingle sets, the old text read from the segment, decides, at the same
+threshold as augmentation's. The shingles are
 augmentation's (``distill.dedup.shingles``); the hash permutations are fixed in this module, so
 segments written by one version stay comparable with the next.
 """
@@ -28,12 +31,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from distill.dedup import _lsh_params, shingles
+from distill.dedup import _lsh_params, jaccard, shingles
 from distill.prompts import normalize_text
 
 NUM_PERM = 128
 _MERSENNE = np.uint64((1 << 61) - 1)
 _MAX_HASH = np.uint64((1 << 32) - 1)
+VERIFY_MARGIN = 0.15  # candidates whose MinHash estimate is this close below the threshold get the exact Jaccard
 _CHUNK = 1 << 15  # shingles hashed per vectorized step ([chunk, P] uint64 = 32 MB at P = 128)
 
 
@@ -108,13 +112,18 @@ class Hasher:
         return out
 
 
-def write_segment(folder: Path, keys: np.ndarray, sig: np.ndarray, bands: np.ndarray, hasher: Hasher) -> None:
+def write_segment(folder: Path, keys: np.ndarray, sig: np.ndarray, bands: np.ndarray, hasher: Hasher,
+                  texts: Sequence[str]) -> None:
     """Write one segment; ``segment.json`` (counts, parameters) last."""
-    from distill.atomic import atomic_write_text, atomic_write_with
+    from distill.atomic import atomic_write_bytes, atomic_write_text, atomic_write_with
 
     folder.mkdir(parents=True, exist_ok=True)
-    for name, array in (("keys.npy", keys), ("minhash.npy", sig), ("bands.npy", bands)):
+    encoded = [t.encode("utf-8") for t in texts]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.uint64)
+    offsets[1:] = np.cumsum([len(b) for b in encoded], dtype=np.uint64) if encoded else []
+    for name, array in (("keys.npy", keys), ("minhash.npy", sig), ("bands.npy", bands), ("offsets.npy", offsets)):
         atomic_write_with(folder / name, lambda tmp, array=array: _save(tmp, array))
+    atomic_write_bytes(folder / "texts.bin", b"".join(encoded))
     atomic_write_text(folder / "segment.json", json.dumps({
         "prompts": int(keys.shape[0]), "num_perm": hasher.num_perm, "threshold": hasher.threshold,
         "bands": list(hasher.bands)}) + "\n")
@@ -147,8 +156,10 @@ def dedup(conversations: Sequence[Sequence[dict[str, str]]], segments: Sequence[
     and band hashes (the kept rows of which become this run's segment)."""
     n = len(conversations)
     keys = exact_keys(conversations)
-    sig = hasher.signatures([conversation_text(c) for c in conversations]) if near else np.zeros((n, 0), np.uint32)
-    bands = hasher.band_hashes(sig) if near else np.zeros((0, n), np.uint64)
+    texts = [conversation_text(c) for c in conversations]
+    sig = hasher.signatures(texts)
+    bands = hasher.band_hashes(sig)
+    new_shingles: list[set[str] | None] = [None] * n
     reason = [""] * n
     match = [""] * n
     alive = np.ones(n, dtype=bool)
@@ -171,6 +182,8 @@ def dedup(conversations: Sequence[Sequence[dict[str, str]]], segments: Sequence[
                              f"this run uses {hasher.num_perm} permutations and bands {hasher.bands}")
         old_sig = _load(folder, "minhash.npy")
         old_bands = _load(folder, "bands.npy")
+        offsets = _load(folder, "offsets.npy")
+        old_texts = np.memmap(folder / "texts.bin", dtype=np.uint8, mode="r") if int(offsets[-1]) else None
         best = np.zeros(n, dtype=np.float64)
         for j in range(old_bands.shape[0]):
             todo = np.flatnonzero(alive)
@@ -185,12 +198,20 @@ def dedup(conversations: Sequence[Sequence[dict[str, str]]], segments: Sequence[
             for i, lo, hi in zip(todo, left, right):
                 if hi == lo:
                     continue
-                cand = order[lo:min(hi, lo + 1024)]
-                agree = (np.asarray(old_sig[np.sort(cand)]) == sig[i][None, :]).mean(axis=1)
-                score = float(agree.max())
-                if score >= hasher.threshold and score > best[i]:
-                    best[i] = score
-                    reason[i], match[i], alive[i] = "near_duplicate_of_earlier_run", f"{label} (~{score:.2f})", False
+                cand = np.sort(order[lo:min(hi, lo + 1024)])
+                agree = (np.asarray(old_sig[cand]) == sig[i][None, :]).mean(axis=1)
+                # the estimate proposes (within its noise of the threshold); the exact Jaccard of the
+                # two shingle sets decides, the old text read from the segment
+                for k in np.flatnonzero(agree >= hasher.threshold - VERIFY_MARGIN):
+                    old = int(cand[k])
+                    if new_shingles[i] is None:
+                        new_shingles[i] = shingles(texts[i])
+                    raw = bytes(old_texts[int(offsets[old]):int(offsets[old + 1])])
+                    score = jaccard(new_shingles[i], shingles(raw.decode("utf-8")))
+                    if score >= hasher.threshold and score > best[i]:
+                        best[i] = score
+                        reason[i], match[i], alive[i] = "near_duplicate_of_earlier_run", f"{label} ({score:.2f})", False
+                        break
     if near:  # within this run: keep the first of each group, in order
         buckets: list[dict[int, list[int]]] = [dict() for _ in range(bands.shape[0])]
         for i in range(n):
@@ -203,14 +224,19 @@ def dedup(conversations: Sequence[Sequence[dict[str, str]]], segments: Sequence[
                     if k in seen:
                         continue
                     seen.add(k)
-                    score = float((sig[k] == sig[i]).mean())
+                    if float((sig[k] == sig[i]).mean()) < hasher.threshold - VERIFY_MARGIN:
+                        continue
+                    for m in (i, k):
+                        if new_shingles[m] is None:
+                            new_shingles[m] = shingles(texts[m])
+                    score = jaccard(new_shingles[i], new_shingles[k])
                     if score >= hasher.threshold:
                         dup = (k, score)
                         break
                 if dup:
                     break
             if dup:
-                reason[i], match[i], alive[i] = "near_duplicate", f"prompt {dup[0]} of this run (~{dup[1]:.2f})", False
+                reason[i], match[i], alive[i] = "near_duplicate", f"prompt {dup[0]} of this run ({dup[1]:.2f})", False
                 continue
             for j in range(bands.shape[0]):
                 buckets[j].setdefault(int(bands[j, i]), []).append(i)

@@ -298,7 +298,8 @@ class Run:
                                   f"duplicates of earlier runs ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
             atomic_write_text(out / "prompts.jsonl", "".join(line + "\n" for line in lines))
             atomic_write_text(out / "report.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in report))
-            write_segment(out / "index", keys[kept], sig[kept], bands[:, kept], hasher)
+            write_segment(out / "index", keys[kept], sig[kept], bands[:, kept], hasher,
+                          [conversation_text(records[j].messages) for j in kept])
             stats = {"files": [{"source": i, "file": n, "fingerprint": fp} for i, n, fp, _ in taken],
                      "read": result.num_read, "duplicates_in_files": result.duplicates, "kept": len(kept),
                      "dropped": counts, "history_runs": len(history)}
@@ -331,8 +332,7 @@ class Run:
             synthetic = ingest(str(out / "prompts.jsonl")).records
             hasher = Hasher(self.spec.near_dup_threshold or 0.7)
             _, keys, sig, bands = dedup([r.messages for r in synthetic], [], hasher, near=False)
-            write_segment(out / "index", keys, hasher.signatures([conversation_text(r.messages) for r in synthetic]),
-                          hasher.band_hashes(hasher.signatures([conversation_text(r.messages) for r in synthetic])), hasher)
+            write_segment(out / "index", keys, sig, bands, hasher, [conversation_text(r.messages) for r in synthetic])
             return {"prompts_sha256": file_sha256(out / "prompts.jsonl"), "prompts": len(synthetic)}
 
         return self.stage("augment", inputs, body)

@@ -49,7 +49,7 @@ def test_index_matches_jaccard(tmp_path):
     hasher = Hasher(0.7)
     verdicts, keys, sig, bands = dedup(conv, [], hasher)
     assert not any(verdicts.reason)
-    write_segment(tmp_path / "seg", keys, sig, bands, hasher)
+    write_segment(tmp_path / "seg", keys, sig, bands, hasher, base)
     # edits of old prompts at several strengths, plus new prompts and exact copies
     probes, truth = [], []
     for i in range(300):
@@ -66,7 +66,7 @@ def test_index_matches_jaccard(tmp_path):
     flagged = [bool(r) for r in got.reason]
     exact = [r == "duplicate_of_earlier_run" for r in got.reason]
     assert all(e == (p in base) for e, p in zip(exact, probes))
-    clear_dups = [f for f, j in zip(flagged, truth) if j >= 0.85]
-    clear_new = [f for f, j in zip(flagged, truth) if j <= 0.5]
-    assert clear_dups and all(clear_dups)  # every clear near duplicate found
-    assert clear_new and not any(clear_new)  # nothing clearly different dropped
+    below = [f for f, j in zip(flagged, truth) if j < 0.7]
+    above = [f for f, j in zip(flagged, truth) if j >= 0.7]
+    assert below and not any(below)  # the exact Jaccard decides: nothing under the threshold is dropped
+    assert above and sum(above) / len(above) >= 0.97, f"recall {sum(above)}/{len(above)}"
