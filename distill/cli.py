@@ -194,14 +194,23 @@ _work_option = click.option("--work", type=click.Path(file_okay=False), default=
 @click.option("--run-id", default=None, help="the run's id (a rerun with the same id resumes it, or does nothing when it finished)")
 @click.option("--scheduled-time", default=None, help="the schedule's time for this run (ISO 8601): the run id becomes scheduled-YYYYMMDDTHHMMSSZ")
 @_work_option
-def pipeline_run(spec: str, run_id: str | None, scheduled_time: str | None, work: str | None) -> None:
+@click.option("--nothing-new-ok", is_flag=True, help="exit 0 instead of 7 when there is nothing new (for schedulers that alert on any non-zero exit)")
+@click.option("--only", type=click.Choice(["prepare", "generate", "train"]), default=None,
+              help="one step, for workflows that spread a run over pods: prepare (collect, augment), generate "
+                   "(with --shard: one worker), train (every torchrun rank); a plain run then finishes the rest")
+@click.option("--shard", default=None, help="with --only generate: i/N, or auto ($JOB_COMPLETION_INDEX of $DISTILL_SHARD_COUNT)")
+@click.option("--outcome-file", type=click.Path(dir_okay=False), default=None,
+              help="write one word here: promoted, gate_failed, nothing_new, prepared, generated, trained (workflow conditions)")
+def pipeline_run(spec: str, run_id: str | None, scheduled_time: str | None, work: str | None, nothing_new_ok: bool,
+                 only: str | None, shard: str | None, outcome_file: str | None) -> None:
     """Run (or resume) one scheduled run: new prompts -> corpus -> student -> gate -> promotion.
 
     Without --run-id or --scheduled-time the id is a hash of the spec and the source files, so a
     scheduler that calls again with nothing new gets "already finished" (or exit 7)."""
     from distill.pipeline.run import run_pipeline
 
-    sys.exit(run_pipeline(spec, run_id=run_id, scheduled=scheduled_time, work=work))
+    sys.exit(run_pipeline(spec, run_id=run_id, scheduled=scheduled_time, work=work, only=only, shard=shard,
+                          nothing_new_ok=nothing_new_ok, outcome_file=outcome_file))
 
 
 @pipeline_group.command("status")

@@ -106,9 +106,18 @@ class Corpus:
         self.schema_version: int = int(first.get("schema_version", SCHEMA_VERSION))
         self._shards: list[_Shard] = []
         self._groups: list[tuple[int, int]] = []
+        # Shards in corpus order, then shard index: the workers of one sharded run (one identity)
+        # read in the same order as the unsharded corpus, so training on either sees the same rows
+        # in the same order.
+        corpus_order: dict[str, int] = {}
+        entries = []
         for path, manifest in zip(self.manifest_paths, self.manifests):
-            for entry in manifest.get("shards", []):
-                self._add_shard(path, manifest, entry)
+            run = str(manifest.get("identity_sha256") or path)
+            order = corpus_order.setdefault(run, len(corpus_order))
+            for position, entry in enumerate(manifest.get("shards", [])):
+                entries.append(((order, int(entry.get("index", position))), path, manifest, entry))
+        for _, path, manifest, entry in sorted(entries, key=lambda item: item[0]):
+            self._add_shard(path, manifest, entry)
         self.num_rows: int = sum(s.entry["rows"] for s in self._shards)
         if self.num_rows == 0:
             raise CorpusError(f"{', '.join(map(str, self.manifest_paths))}: corpus is empty (0 rows)")

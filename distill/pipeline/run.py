@@ -12,6 +12,7 @@ does nothing and says so.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import glob as _glob
 import hashlib
@@ -37,6 +38,14 @@ STAGE_ORDER = ("collect", "augment", "generate", "train", "eval")
 LEDGER_FORMAT = "distill-pipeline-ledger"
 SEED_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".parquet")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class _ShardDone(Exception):
+    """One generate worker finished its shards (``--only generate --shard i/N``): not the stage's end."""
+
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        super().__init__("shard done")
+        self.manifest = manifest
 
 
 class StageFailed(DistillError):
@@ -206,6 +215,8 @@ class Run:
         began = time.perf_counter()
         try:
             outputs = body(local)
+        except _ShardDone:
+            raise
         except DistillError as exc:
             if exc.exit_code in (ExitCode.BAD_INPUT, ExitCode.PREEMPTED, ExitCode.LOCK_HELD, ExitCode.IO_ERROR,
                                  ExitCode.NOTHING_TO_DO, ExitCode.STAGE_FAILED):
@@ -217,6 +228,8 @@ class Run:
             traceback.print_exc()
             raise StageFailed(f"stage {name} of run {self.run_id} failed: {type(exc).__name__}: {exc}; "
                               "rerun the same run id to resume") from exc
+        if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 marks the stage done
+            return {"key": key, **outputs}
         marker = {"stage": name, "run": self.run_id, "key": key, "finished": now_iso(),
                   "seconds": round(time.perf_counter() - began, 1), **outputs}
         from distill.atomic import atomic_write_text
@@ -337,7 +350,8 @@ class Run:
 
         return self.stage("augment", inputs, body)
 
-    def generate(self, collected: dict[str, Any], augmented: dict[str, Any] | None) -> dict[str, Any]:
+    def generate(self, collected: dict[str, Any], augmented: dict[str, Any] | None,
+                 shard: str | None = None) -> dict[str, Any]:
         prompts = [str(self.store.pull(f"{self.root}/collect") / "prompts.jsonl")]
         if augmented is not None:
             prompts.append(str(self.store.pull(f"{self.root}/augment") / "prompts.jsonl"))
@@ -351,18 +365,50 @@ class Run:
             unfinished = [r for r in self.store.list("runs") if r != self.run_id and r not in self.ledger["runs"]
                           and self.store.exists(f"runs/{r}/generate/stage.json")]
             reuse = tuple(str(self.store.pull(f"runs/{r}/generate/corpus")) for r in unfinished)
-            config = check_stage("generate", self.spec.generate, self.layer("generate"),
-                                 {"teacher": self.spec.teacher, "prompts": tuple(prompts), "out": str(out / "corpus"),
-                                  "reuse": reuse})
-            manifest = generate(config)
-            stats = manifest.get("stats", {})
-            return {"rows": manifest["rows"], "teacher": manifest.get("teacher"),
-                    "tokenizer_fingerprint": manifest.get("tokenizer_fingerprint"),
-                    "generation": manifest.get("generation"), "backend": manifest.get("backend"),
-                    "manifest_sha256": file_sha256(out / "corpus" / "manifest.json"),
-                    "reused_rows": stats.get("reused_rows_last_run"), "teacher_rows": stats.get("teacher_rows_last_run")}
+            fill = {"teacher": self.spec.teacher, "prompts": tuple(prompts), "out": str(out / "corpus"), "reuse": reuse}
+            if shard is not None:
+                fill["shard"] = shard
+            config = check_stage("generate", self.spec.generate, self.layer("generate"), fill)
+            corpus = out / "corpus"
+            workers = sorted(corpus.glob("manifest-worker-*-of-*.json"))
+            if shard is None and workers and not (corpus / "manifest.json").exists():
+                # shard workers wrote this corpus (--only generate --shard i/N): finish any worker
+                # that did not (a finished one returns at once) and take the union as the corpus
+                count = int(re.search(r"-of-(\d+)", workers[0].name).group(1))
+                manifests = [generate(dataclasses.replace(config, shard=f"{i}/{count}")) for i in range(count)]
+                from distill.corpus import open_corpus
 
-        return self.stage("generate", inputs, body)
+                open_corpus(corpus)  # the union is complete and consistent, or this says what is not
+                files = sorted(corpus.glob("manifest-worker-*-of-*.json"))
+                sha = digest([file_sha256(f) for f in files])
+            else:
+                manifest = generate(config)
+                if shard is not None:
+                    raise _ShardDone(manifest)
+                manifests, sha = [manifest], file_sha256(corpus / "manifest.json")
+            first = manifests[0]
+            stats = [m.get("stats", {}) for m in manifests]
+            return {"rows": sum(m["rows"] for m in manifests), "teacher": first.get("teacher"),
+                    "tokenizer_fingerprint": first.get("tokenizer_fingerprint"),
+                    "generation": first.get("generation"), "backend": first.get("backend"), "manifest_sha256": sha,
+                    "workers": len(manifests),
+                    "reused_rows": sum(st.get("reused_rows_last_run") or 0 for st in stats),
+                    "teacher_rows": sum(st.get("teacher_rows_last_run") or 0 for st in stats)}
+
+        if shard is None:
+            return self.stage("generate", inputs, body)
+        marker = self.store.read_json(f"{self.root}/generate/stage.json")
+        if marker is not None:
+            say("generate: done earlier, skipped")
+            return marker
+        try:
+            self.stage("generate", inputs, body)
+        except _ShardDone as done:
+            # a worker's shards are in the shared corpus folder; the unsharded pass that follows
+            # finds every shard written, writes the manifest and marks the stage done
+            self.store.push(f"{self.root}/generate")
+            return {"worker": done.manifest.get("worker")}
+        raise AssertionError("unreachable")
 
     def corpora(self, generated: dict[str, Any]) -> list[tuple[str, str]]:
         """(run id, store key) of the corpora this run trains on, its own last."""
@@ -397,6 +443,8 @@ class Run:
             config = load_train_config(self.layer("train"), {"student": student, "corpus": folders, "out": str(out),
                                                              "resume": True})
             summary = train(config)
+            if os.environ.get("RANK", "0") != "0":
+                return {}
             from distill.fingerprint import weights_fingerprint
 
             return {"student": f"{self.root}/train/final", "start": start, "corpora": manifests,
@@ -513,54 +561,118 @@ def suite_identity(suite: str) -> Any:
     return [suite, file_sha256(shipped)] if shipped.is_file() else [suite]
 
 
-def run_pipeline(spec_path: str, run_id: str | None = None, scheduled: str | None = None,
-                 work: str | None = None) -> int:
-    """Run (or resume, or confirm) one run; returns its exit code (0 promoted, 3 gate failed)."""
-    from distill.pipeline.registry import publish
+STEPS = ("prepare", "generate", "train")
+
+
+def run_pipeline(spec_path: str, run_id: str | None = None, scheduled: str | None = None, work: str | None = None,
+                 only: str | None = None, shard: str | None = None, nothing_new_ok: bool = False,
+                 outcome_file: str | None = None) -> int:
+    """Run (or resume, or confirm) one run; returns its exit code (0 promoted, 3 gate failed).
+
+    ``only`` runs one step of the run for a workflow engine that spreads it over pods: ``prepare``
+    (collect and augment, under the store lock), ``generate`` (with ``shard`` i/N: one worker's
+    shards, without the store lock: the workers run at once), ``train`` (every torchrun rank runs
+    it, without the store lock). A plain run afterwards finishes the rest, skipping what is done.
+    """
     from distill.pipeline.spec import load_spec
 
+    if only is not None and only not in STEPS:
+        raise ConfigError(f"--only: one of {', '.join(STEPS)}, got {only!r}")
+    if shard is not None and only != "generate":
+        raise ConfigError("--shard: only with --only generate")
+    if only in ("generate", "train") and not run_id and not scheduled:
+        raise ConfigError(f"--only {only}: give the run's --run-id or --scheduled-time (the prepare step's)")
+    if shard is not None:
+        from distill.generate import parse_shard
+
+        try:
+            parse_shard(shard)
+        except ValueError as exc:
+            raise ConfigError(f"--shard: {exc}") from None
     spec = load_spec(spec_path)
     store = open_store(spec.store, work or spec.work, spec.name, spec.store_options)
     store.check()
     files = source_files(spec, spec_path, store)
     run_id = resolve_run_id(run_id, scheduled, Path(spec_path).read_bytes(), files)
+
+    def finish(code: int, outcome: str) -> int:
+        if outcome_file:
+            from distill.atomic import atomic_write_text
+
+            atomic_write_text(outcome_file, outcome + "\n")
+        return code
+
+    if only in ("generate", "train"):
+        ledger = read_ledger(store, spec.name)
+        if run_id in ledger["runs"]:
+            say(f"run {run_id} already finished; nothing to do")
+            return finish(0, ledger["runs"][run_id]["outcome"])
+        run = Run(spec, spec_path, store, run_id, ledger, None)
+        collected = store.read_json(f"{run.root}/collect/stage.json")
+        augmented = store.read_json(f"{run.root}/augment/stage.json") if spec.augment is not None else None
+        if collected is None or (spec.augment is not None and augmented is None):
+            raise ConfigError(f"--only {only}: run {run_id} is not prepared; run the prepare step first "
+                              f"(distill pipeline run SPEC --run-id {run_id} --only prepare)")
+        if only == "generate":
+            run.generate(collected, augmented, shard=shard)
+            return finish(0, "generated")
+        generated = store.read_json(f"{run.root}/generate/stage.json")
+        if generated is None:
+            raise ConfigError(f"--only train: run {run_id}'s corpus is not complete; run the generate step first")
+        run.train(generated)
+        return finish(0, "trained")
+
     with store.lock(spec.lock_stale_after_s, f"distill pipeline run {run_id}") as lock:
         ledger = read_ledger(store, spec.name)
         if run_id in ledger["runs"]:
             done = ledger["runs"][run_id]
             say(f"run {run_id} already finished on {done['finished']} ({done['outcome']}); nothing to do")
-            return int(ExitCode.OK if done["outcome"] == "promoted" else ExitCode.GATE_FAILED)
+            return finish(int(ExitCode.OK if done["outcome"] == "promoted" else ExitCode.GATE_FAILED), done["outcome"])
         run = Run(spec, spec_path, store, run_id, ledger, lock)
         say(f"run {run_id} on store {store.url}")
         try:
             collected = run.collect(files)
-        except NothingToDo:
+        except NothingToDo as exc:
             store.delete(run.root)  # nothing was done: leave nothing behind
+            if nothing_new_ok:
+                say(f"{exc}; exit 0 (--nothing-new-ok)")
+                return finish(0, "nothing_new")
+            finish(int(ExitCode.NOTHING_TO_DO), "nothing_new")
             raise
         augmented = run.augment(collected)
-        generated = run.generate(collected, augmented)
-        trained = run.train(generated)
-        evaluated = run.evaluate(trained)
-        run.checkpoint()
-        decision = run.decide(evaluated)
-        from distill.eval.gate import gate_summary
+        if only == "prepare":
+            say(f"run {run_id}: prepared ({collected['prompts']} prompt(s) collected)")
+            return finish(0, "prepared")
+        return finish(*_rest(run, spec, store, run_id, ledger, collected, augmented))
 
-        say(gate_summary({"expr": spec.gate, "passed": decision["passed"], "values": decision["values"],
-                          "unavailable": decision["unavailable"]}))
-        if decision["champion_terms_held"]:
-            say(f"first run (no champion): held as true: {'; '.join(decision['champion_terms_held'])}")
-        lineage = run.lineage(collected, generated, trained, evaluated)
-        if decision["passed"]:
-            run.checkpoint()
-            publish(spec, store, run_id, lineage, f"{run.root}/eval/report.json")
-            promote_in_ledger(ledger, spec, run_id, "promote")
-            run.commit(collected, "promoted", lineage, decision)
-            say(f"run {run_id}: promoted; {spec.promotion.alias} -> {run_id}")
-            return int(ExitCode.OK)
-        run.commit(collected, "gate_failed", lineage, decision)
-        champion = ledger["aliases"].get(spec.promotion.alias)
-        say(f"run {run_id}: gate failed, not promoted; {spec.promotion.alias} stays {champion or 'unset'}")
-        return int(ExitCode.GATE_FAILED)
+
+def _rest(run: Run, spec: PipelineSpec, store: Store, run_id: str, ledger: dict[str, Any], collected: dict[str, Any],
+          augmented: dict[str, Any] | None) -> tuple[int, str]:
+    from distill.pipeline.registry import publish
+
+    generated = run.generate(collected, augmented)
+    trained = run.train(generated)
+    evaluated = run.evaluate(trained)
+    run.checkpoint()
+    decision = run.decide(evaluated)
+    from distill.eval.gate import gate_summary
+
+    say(gate_summary({"expr": spec.gate, "passed": decision["passed"], "values": decision["values"],
+                      "unavailable": decision["unavailable"]}))
+    if decision["champion_terms_held"]:
+        say(f"first run (no champion): held as true: {'; '.join(decision['champion_terms_held'])}")
+    lineage = run.lineage(collected, generated, trained, evaluated)
+    if decision["passed"]:
+        run.checkpoint()
+        publish(spec, store, run_id, lineage, f"{run.root}/eval/report.json")
+        promote_in_ledger(ledger, spec, run_id, "promote")
+        run.commit(collected, "promoted", lineage, decision)
+        say(f"run {run_id}: promoted; {spec.promotion.alias} -> {run_id}")
+        return int(ExitCode.OK), "promoted"
+    run.commit(collected, "gate_failed", lineage, decision)
+    champion = ledger["aliases"].get(spec.promotion.alias)
+    say(f"run {run_id}: gate failed, not promoted; {spec.promotion.alias} stays {champion or 'unset'}")
+    return int(ExitCode.GATE_FAILED), "gate_failed"
 
 
 def promote_in_ledger(ledger: dict[str, Any], spec: PipelineSpec, run_id: str, action: str) -> None:
