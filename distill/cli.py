@@ -76,7 +76,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     distill train      student learns from it: KD (top-k) + SFT, DeepSpeed-ready
     distill eval       score models on a suite, compare, gate
     distill inspect    summarize a corpus
-    distill pipeline   scheduled re-distillation: run, status, promote, rollback
+    distill pipeline   scheduled re-distillation: run, status, promote, rollback, render
     distill demo       the whole pipeline on the shipped demo teacher (CPU, minutes)
 
     Exit codes: 0 ok, 1 unexpected error, 2 bad input, 3 gate failed, 4 a model failed to evaluate,
@@ -178,6 +178,7 @@ def pipeline_group() -> None:
     distill pipeline status SPEC     the champion, the last runs, a plot of their scores
     distill pipeline promote SPEC --run RUN_ID    move the alias by hand
     distill pipeline rollback SPEC   the previous champion back
+    distill pipeline render SPEC --target cronjob|argo|sagemaker
 
     Exit codes of run: 0 promoted, 3 gate failed (not promoted), 7 nothing new, 6 lock held,
     2 bad spec or input, 8 a stage failed, 74 storage refused, 75 stopped (rerun to resume).
@@ -245,6 +246,35 @@ def pipeline_rollback(spec: str, work: str | None) -> None:
     from distill.pipeline.status import move_alias
 
     sys.exit(move_alias(spec, None, work))
+
+
+@pipeline_group.command("render")
+@_spec_argument
+@click.option("--target", required=True, type=click.Choice(["cronjob", "argo", "sagemaker"]), help="the scheduler")
+@click.option("--image", default=None, help="the distill image (cronjob, argo: default distill-gpu, set by kustomize; sagemaker: the ECR URI, required)")
+@click.option("--schedule", default="0 2 * * *", show_default=True, help="cron: minute hour day month weekday")
+@click.option("--timezone", default="Etc/UTC", show_default=True, help="the schedule's time zone")
+@click.option("--namespace", default="distill", show_default=True, help="Kubernetes namespace")
+@click.option("--gpus", default=8, show_default=True, type=int, help="GPUs per pod (generate workers, train nodes, the cronjob's one pod)")
+@click.option("--nodes", default=2, show_default=True, type=int, help="argo: training nodes (PyTorchJob Master + Workers)")
+@click.option("--shards", default=4, show_default=True, type=int, help="argo: generate workers at once")
+@click.option("--data-pvc", default="distill-data", show_default=True, help="the shared volume (mounted at /data) for folder stores and sources")
+@click.option("--secret", default="distill-store", show_default=True, help="Secret with the store's AWS_* credentials (optional; IRSA otherwise)")
+@click.option("--role-arn", default=None, help="sagemaker: the training job's execution role (required)")
+@click.option("--scheduler-role-arn", default=None, help="sagemaker: the role EventBridge Scheduler assumes (default: --role-arn)")
+@click.option("--s3-prefix", default=None, help="sagemaker: s3:// prefix for config/, output/, checkpoints/ (required)")
+@click.option("--instance-type", default="ml.p4d.24xlarge", show_default=True, help="sagemaker: the instance")
+def pipeline_render(spec: str, target: str, **options: Any) -> None:
+    """Print a scheduler's definition of the pipeline: a Kubernetes CronJob, an Argo CronWorkflow
+    (sharded generate, PyTorchJob training), or a SageMaker training job + EventBridge schedule."""
+    from distill.pipeline.render import RenderOptions, render
+
+    for key in ("gpus", "nodes", "shards"):
+        if options[key] < (0 if key == "gpus" else 1):
+            from distill.errors import ConfigError
+
+            raise ConfigError(f"--{key}: must be >= {0 if key == 'gpus' else 1}, got {options[key]}")
+    click.echo(render(spec, target, RenderOptions(**options)), nl=False)
 
 
 @main.command("demo")

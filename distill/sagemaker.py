@@ -11,7 +11,9 @@ SageMaker starts the container with the single argument ``train`` and lays out `
     model/                              uploaded as model.tar.gz when the job succeeds
     output/failure                      the failure reason SageMaker shows (first 1,024 characters)
 
-A ``stage`` hyperparameter picks ``generate``, ``augment``, ``train`` or ``eval``; every other
+A ``stage`` hyperparameter picks ``generate``, ``augment``, ``train``, ``eval`` or ``pipeline`` (one
+``distill pipeline run``: the spec from the ``config`` channel, ``run_id`` / ``scheduled_time`` /
+``nothing_new_ok`` its only keys, the work folder under ``checkpoints/``); every other
 hyperparameter is a key of that stage's config, validated like a ``--config`` file (errors name
 ``hyperparameters.json: key``). Channels map to the stage's inputs (``CHANNELS``); the stage writes
 its resumable state under ``checkpoints/`` (train resumes automatically; generate keeps its
@@ -45,7 +47,8 @@ from distill.stop import STOP
 
 ROOT_ENV = "DISTILL_SAGEMAKER_ROOT"
 DEFAULT_ROOT = "/opt/ml"
-STAGES = ("generate", "augment", "train", "eval")
+STAGES = ("generate", "augment", "train", "eval", "pipeline")
+PIPELINE_KEYS = ("spec", "run_id", "scheduled_time", "nothing_new_ok")
 FAILURE_CHARS = 1024
 # torchrun's wait for its workers to checkpoint after SIGTERM, before it kills them: inside the
 # 120 s SageMaker leaves between SIGTERM and SIGKILL (DISTILL_STOP_GRACE_S overrides)
@@ -229,6 +232,8 @@ def _run(layout: Layout) -> int:
     stage = values.pop("stage", None)
     if stage not in STAGES:
         raise ConfigError(f"{where}: stage: must be one of {', '.join(STAGES)}, got {stage!r}")
+    if stage == "pipeline":
+        return _pipeline(layout, values, where)
     for channel, key in CHANNELS[stage].items():
         path = _channel_input(layout, channel)
         if path is not None:
@@ -283,6 +288,32 @@ def _run(layout: Layout) -> int:
         augment(load_config(AugmentConfig, Layer(where, {**values, "progress": False})))
     _copy_product(state, layout.model)
     return 0
+
+
+def _pipeline(layout: Layout, values: dict[str, Any], where: str) -> int:
+    """``stage: pipeline``: one ``distill pipeline run`` (a scheduled run) in the job. The spec is the
+    ``config`` channel's one file (or the ``spec`` hyperparameter's path); the run's local work folder
+    is under checkpoints/ (synced to S3), so a restarted spot job resumes where it stopped. The store
+    holds the product; model/outcome.json says which run it was and how it ended."""
+    from distill.pipeline.run import run_pipeline
+
+    unknown = sorted(set(values) - set(PIPELINE_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: {unknown[0]}: unknown key for stage pipeline; known: {', '.join(PIPELINE_KEYS)}")
+    spec = values.get("spec") or _channel_input(layout, "config")
+    if not spec or not Path(spec).is_file():
+        raise ConfigError(f"{where}: stage pipeline needs the spec: one YAML file in the 'config' channel, or a 'spec' path")
+    report: dict[str, Any] = {}
+    os.environ["DISTILL_PRINT_METRICS"] = "1"
+    code = run_pipeline(str(spec), run_id=values.get("run_id"), scheduled=values.get("scheduled_time"),
+                        work=str(layout.checkpoints / "pipeline"), nothing_new_ok=bool(values.get("nothing_new_ok", True)),
+                        report=report)
+    layout.model.mkdir(parents=True, exist_ok=True)
+    (layout.model / "outcome.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if code == ExitCode.GATE_FAILED:
+        return _fail(layout, f"pipeline run {report.get('run')}: the gate failed; the champion is unchanged "
+                             f"(decision: {report.get('store')}/runs/{report.get('run')}/decision.json)", ExitCode.GATE_FAILED)
+    return code
 
 
 def _run_forwarding_stop(cmd: list[str]) -> int:

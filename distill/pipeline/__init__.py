@@ -6,6 +6,7 @@
     run.py       `pipeline run`: the stages, their content keys, the ledger commit
     registry.py  where a promoted student is published: the ledger, MLflow
     status.py    `pipeline status`, `promote`, `rollback`
+    render.py    `pipeline render`: CronJob, Argo CronWorkflow, SageMaker job + EventBridge schedule
 
 docs/pipeline.md is the user's guide; the exit codes are distill/errors.py's.
 """

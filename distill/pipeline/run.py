@@ -566,7 +566,7 @@ STEPS = ("prepare", "generate", "train")
 
 def run_pipeline(spec_path: str, run_id: str | None = None, scheduled: str | None = None, work: str | None = None,
                  only: str | None = None, shard: str | None = None, nothing_new_ok: bool = False,
-                 outcome_file: str | None = None) -> int:
+                 outcome_file: str | None = None, report: dict[str, Any] | None = None) -> int:
     """Run (or resume, or confirm) one run; returns its exit code (0 promoted, 3 gate failed).
 
     ``only`` runs one step of the run for a workflow engine that spreads it over pods: ``prepare``
@@ -596,6 +596,8 @@ def run_pipeline(spec_path: str, run_id: str | None = None, scheduled: str | Non
     run_id = resolve_run_id(run_id, scheduled, Path(spec_path).read_bytes(), files)
 
     def finish(code: int, outcome: str) -> int:
+        if report is not None:
+            report.update({"run": run_id, "outcome": outcome, "store": store.url, "exit_code": code})
         if outcome_file:
             from distill.atomic import atomic_write_text
 
@@ -661,6 +663,10 @@ def _rest(run: Run, spec: PipelineSpec, store: Store, run_id: str, ledger: dict[
                       "unavailable": decision["unavailable"]}))
     if decision["champion_terms_held"]:
         say(f"first run (no champion): held as true: {'; '.join(decision['champion_terms_held'])}")
+    if os.environ.get("DISTILL_PRINT_METRICS"):  # SageMaker metric definitions match these lines
+        for name, scores in decision["scores"].items():
+            if isinstance(scores.get("score"), (int, float)):
+                print(f"metric: model={name} score={scores['score']:.6f}", flush=True)
     lineage = run.lineage(collected, generated, trained, evaluated)
     if decision["passed"]:
         run.checkpoint()
