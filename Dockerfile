@@ -50,9 +50,10 @@ ENV PIP_CONFIG_FILE=/opt/build-extra/pip.conf \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/distill/venv/bin:$PATH
 RUN python3 -m venv /opt/distill/venv
-# the dependencies first (their layer stays cached while the source changes), from pyproject.toml
+# the dependencies first (their layer stays cached while the source changes), from pyproject.toml:
+# the core ones and the s3 extra (pipeline stores and request logs on S3)
 COPY pyproject.toml /src/pyproject.toml
-RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+RUN python -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["s3"]))' \
     | grep -v '^torch' > /opt/requirements.txt
 
 FROM build AS build-cpu

@@ -209,3 +209,26 @@ def test_a_damaged_resourceconfig_names_the_file(tiny_student_dir, kd_corpus, tm
     assert proc.returncode == 2, proc.stderr[-2000:]
     failure = (root / "output" / "failure").read_text()
     assert failure.startswith(str(root / "input" / "config" / "resourceconfig.json") + ":2: invalid JSON"), failure
+
+
+def test_a_pipeline_job_runs_a_scheduled_run_and_a_retry_resumes_it(tmp_path):
+    """stage: pipeline, as the rendered EventBridge schedule starts it: the spec in the config
+    channel, the schedule's time as the run id; the retried invocation finds the run finished."""
+    from tests.pipeline.helpers import prompts, spec, write_prompts
+
+    write_prompts(tmp_path / "src" / "a.jsonl", prompts(20, seed=61))
+    spec_file = spec(tmp_path, spec_name="pipeline.yaml")
+    hyper = {"stage": "pipeline", "scheduled_time": "2026-12-07T02:00:00Z", "nothing_new_ok": True}
+    first = ml_tree(tmp_path / "ml1", hyper, {"config": spec_file})
+    done = run_job(first)
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads((first / "model" / "outcome.json").read_text())
+    assert outcome["run"] == "scheduled-20261207T020000Z" and outcome["outcome"] == "promoted"
+    assert (first / "checkpoints" / "pipeline").is_dir() or (tmp_path / "store").is_dir()
+    assert re.search(r"^metric: model=challenger score=[0-9.]+$", done.stdout, re.M)
+    again = run_job(ml_tree(tmp_path / "ml2", hyper, {"config": spec_file}))
+    assert again.returncode == 0 and "already finished" in again.stderr
+    bad = ml_tree(tmp_path / "ml3", {**hyper, "run_idd": "x"}, {"config": spec_file})
+    failed = run_job(bad)
+    assert failed.returncode == 2
+    assert "run_idd: unknown key for stage pipeline" in (bad / "output" / "failure").read_text()

@@ -13,8 +13,10 @@ pipeline, printed for the user to commit and own.
   and an EventBridge Scheduler CreateSchedule request whose universal target starts that job on
   the schedule, with the schedule's time as the run's.
 
-Folder stores and sources must sit on the shared ``/data`` volume in Kubernetes (the distill-data
-PVC of deploy/kubernetes); an ``s3://`` store needs nothing mounted.
+Storage: folder stores and sources must sit on the shared ``/data`` volume in Kubernetes (the
+distill-data ReadWriteMany PVC of deploy/kubernetes), mounted only when a path of the spec is
+there; with an ``s3://`` store and sources (object storage through the store URL) the pods mount
+no PersistentVolumeClaim, only scratch space.
 """
 
 from __future__ import annotations
@@ -87,10 +89,18 @@ def _security() -> tuple[dict[str, Any], dict[str, Any]]:
     return pod, container
 
 
+def uses_data_volume(spec: PipelineSpec) -> bool:
+    """Whether a path of the spec lives on the shared /data volume; without one (an s3:// store and
+    sources, shipped or hub models) the pods mount no PersistentVolumeClaim at all."""
+    paths = [spec.store, spec.teacher, spec.student, str(spec.eval.get("suite", ""))] + [s.path for s in spec.sources]
+    return any(p == DATA_MOUNT or str(p).startswith(DATA_MOUNT + "/") for p in paths)
+
+
 def _volumes(spec: PipelineSpec, options: RenderOptions) -> list[dict[str, Any]]:
-    return [
-        {"name": "spec", "configMap": {"name": _name(spec)}},
-        {"name": "data", "persistentVolumeClaim": {"claimName": options.data_pvc}},
+    volumes = [{"name": "spec", "configMap": {"name": _name(spec)}}]
+    if uses_data_volume(spec):
+        volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": options.data_pvc}})
+    return volumes + [
         {"name": "work", "emptyDir": {}},
         {"name": "home", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
@@ -98,9 +108,12 @@ def _volumes(spec: PipelineSpec, options: RenderOptions) -> list[dict[str, Any]]
     ]
 
 
-MOUNTS = [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True}, {"name": "data", "mountPath": DATA_MOUNT},
-          {"name": "work", "mountPath": "/work"}, {"name": "home", "mountPath": "/home/distill"},
-          {"name": "tmp", "mountPath": "/tmp"}, {"name": "shm", "mountPath": "/dev/shm"}]
+def _mounts(spec: PipelineSpec) -> list[dict[str, Any]]:
+    mounts = [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True}]
+    if uses_data_volume(spec):
+        mounts.append({"name": "data", "mountPath": DATA_MOUNT})
+    return mounts + [{"name": "work", "mountPath": "/work"}, {"name": "home", "mountPath": "/home/distill"},
+                     {"name": "tmp", "mountPath": "/tmp"}, {"name": "shm", "mountPath": "/dev/shm"}]
 
 
 def _container(spec: PipelineSpec, options: RenderOptions, args: list[str], gpus: int, name: str = "distill") -> dict[str, Any]:
@@ -115,7 +128,7 @@ def _container(spec: PipelineSpec, options: RenderOptions, args: list[str], gpus
                 {"name": "DISTILL_PIPELINE_WORK", "value": "/work/pipeline"}],
         # the store's credentials: AWS_* keys from this Secret; or leave it out and use IRSA / Pod Identity
         "envFrom": [{"secretRef": {"name": options.secret, "optional": True}}],
-        "resources": resources, "securityContext": security, "volumeMounts": MOUNTS,
+        "resources": resources, "securityContext": security, "volumeMounts": _mounts(spec),
     }
 
 
@@ -199,7 +212,7 @@ def argo(spec: PipelineSpec, spec_path: str, options: RenderOptions) -> list[dic
             "action": "create", "setOwnerReference": True,
             "successCondition": "status.replicaStatuses.Master.succeeded > 0",
             "failureCondition": "status.replicaStatuses.Master.failed > 0",
-            "manifest": yaml.safe_dump(_pytorchjob(spec, options), sort_keys=False)}},
+            "manifest": _dump(_pytorchjob(spec, options))}},
         step_template("finish", _run_args(*scheduled), 1),
     ]
     workflow = {"apiVersion": "argoproj.io/v1alpha1", "kind": "CronWorkflow",
@@ -288,4 +301,15 @@ def render(spec_path: str, target: str, options: RenderOptions) -> str:
     if target == "sagemaker":
         return json.dumps(sagemaker(spec, spec_path, options), indent=2) + "\n"
     docs = cronjob(spec, spec_path, options) if target == "cronjob" else argo(spec, spec_path, options)
-    return header + "---\n".join(yaml.safe_dump(d, sort_keys=False, width=120) for d in docs)
+    return header + "---\n".join(_dump(d) for d in docs)
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """No &anchors / *aliases: a definition people read and edit spells every value out."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _dump(doc: Any) -> str:
+    return yaml.dump(doc, Dumper=_PlainDumper, sort_keys=False, width=120)

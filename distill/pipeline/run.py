@@ -315,11 +315,11 @@ class Run:
                           [conversation_text(records[j].messages) for j in kept])
             stats = {"files": [{"source": i, "file": n, "fingerprint": fp} for i, n, fp, _ in taken],
                      "read": result.num_read, "duplicates_in_files": result.duplicates, "kept": len(kept),
-                     "dropped": counts, "history_runs": len(history)}
+                     "dropped": counts, "history_runs": len({r for r, _ in history})}
             atomic_write_text(out / "collect.json", json.dumps(stats, indent=2) + "\n")
             say(f"collect: {len(kept)} new prompt(s) from {len(taken)} file(s); dropped "
                 + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none")
-                + f" (history: {len(history)} run(s))")
+                + f" (history: {len({r for r, _ in history})} finished run(s))")
             return {"prompts": len(kept), "files": stats["files"], "dropped": counts,
                     "prompts_sha256": file_sha256(out / "prompts.jsonl")}
 

@@ -137,3 +137,17 @@ def main_render() -> None:
 
 if __name__ == "__main__":
     sys.exit(main_render())
+
+
+def test_object_storage_only_mounts_no_volume_claim(tmp_path):
+    s3_only = tmp_path / "s3.yaml"
+    text = EXAMPLE.read_text().replace("/data/teachers/qwen2.5-72b-endpoint.yaml", "qwen2.5-72b-instruct")
+    s3_only.write_text(text.replace("/data/suites/support.jsonl", "s3-suite-name"))
+    for target in ("cronjob", "argo"):
+        code, out = _render("--target", target, spec=s3_only)
+        assert code == 0, out
+        assert "persistentVolumeClaim" not in out and "/data" not in out
+        for doc in documents(out):
+            validate(doc, EKS_VERSIONS[-1])
+    code, out = _render("--target", "cronjob")
+    assert "claimName: distill-data" in out  # the example's teacher recipe and suite live on /data
