@@ -87,8 +87,8 @@ def source_files(spec: PipelineSpec, spec_path: str, store: Store) -> list[tuple
     for i, source in enumerate(spec.sources):
         found = _remote_files(source, store) if "://" in source.path else _local_files(source, spec_path)
         if not found:
-            raise ConfigError(f"{spec_path}: sources.{i}.path: {source.path!r} matches no seed file "
-                              f"({', '.join(SEED_SUFFIXES)})")
+            what = "log file" if source.kind == "logs" else f"seed file ({', '.join(SEED_SUFFIXES)})"
+            raise ConfigError(f"{spec_path}: sources.{i}.path: {source.path!r} matches no {what}")
         files.extend((i, name, fp, path) for name, fp, path in found)
     return files
 
@@ -103,7 +103,8 @@ def _local_files(source: Source, spec_path: str) -> list[tuple[str, str, Path]]:
         candidates = [path]
     else:
         raise ConfigError(f"{spec_path}: sources: {source.path}: no such file or folder")
-    files = [p for p in candidates if p.is_file() and p.suffix.lower() in SEED_SUFFIXES and not p.name.startswith(".")]
+    files = [p for p in candidates if p.is_file() and not p.name.startswith(".")
+             and (source.kind == "logs" or p.suffix.lower() in SEED_SUFFIXES)]
     return [(str(p.absolute()), file_sha256(p), p) for p in files]
 
 
@@ -116,7 +117,7 @@ def _remote_files(source: Source, store: Store) -> list[tuple[str, str, Path]]:
     out = []
     cache = Path(getattr(store, "work", Path.home() / ".cache/distill/pipeline")) / "sources"
     for remote in sorted(paths):
-        if not remote.lower().endswith(SEED_SUFFIXES):
+        if source.kind != "logs" and not remote.lower().endswith(SEED_SUFFIXES):
             continue
         info = fs.info(remote)
         fp = str(info.get("ETag") or info.get("etag") or info.get("md5") or f"{info.get('size')}-{info.get('LastModified')}").strip('"')
@@ -285,7 +286,19 @@ class Run:
             if not taken:
                 raise NothingToDo(f"pipeline {self.spec.name}: no new or changed source file since the last finished "
                                   f"run ({len(files)} file(s) already taken)")
-            result = ingest([str(p) for _, _, _, p in taken])
+            inputs = [str(p) for i, _, _, p in taken if self.spec.sources[i].kind == "prompts"]
+            logs_stats = {}
+            for i, source in enumerate(self.spec.sources):
+                paths = tuple(str(p) for j, _, _, p in taken if j == i)
+                if source.kind != "logs" or not paths:
+                    continue
+                prompts, logs_stats[str(i)] = self.collect_logs(i, source, paths, out)
+                if prompts is not None:
+                    inputs.append(str(prompts))
+            if not inputs:
+                raise NothingToDo(f"pipeline {self.spec.name}: the new log files hold no prompt the filters keep "
+                                  f"({', '.join(f'source {k}: {v}' for k, v in logs_stats.items())})")
+            result = ingest(inputs)
             records = result.records
             segments = [(r, self.store.pull(key)) for r, key in history]
             hasher = Hasher(self.spec.near_dup_threshold or 0.7)
@@ -314,7 +327,7 @@ class Run:
             write_segment(out / "index", keys[kept], sig[kept], bands[:, kept], hasher,
                           [conversation_text(records[j].messages) for j in kept])
             stats = {"files": [{"source": i, "file": n, "fingerprint": fp} for i, n, fp, _ in taken],
-                     "read": result.num_read, "duplicates_in_files": result.duplicates, "kept": len(kept),
+                     "logs": logs_stats, "read": result.num_read, "duplicates_in_files": result.duplicates, "kept": len(kept),
                      "dropped": counts, "history_runs": len({r for r, _ in history})}
             atomic_write_text(out / "collect.json", json.dumps(stats, indent=2) + "\n")
             say(f"collect: {len(kept)} new prompt(s) from {len(taken)} file(s); dropped "
@@ -324,6 +337,24 @@ class Run:
                     "prompts_sha256": file_sha256(out / "prompts.jsonl")}
 
         return self.stage("collect", inputs, body)
+
+    def collect_logs(self, index: int, source: Source, paths: tuple[str, ...], out: Path) -> tuple[Path | None, Any]:
+        """A logs source's new files through `distill logs` (filters, scrubbing, dedup): its prompts
+        file (None when nothing is kept) and its counts."""
+        from distill.logs import run as read_logs
+
+        folder = out / f"logs-{index}"
+        config = check_stage("logs", source.logs, self.layer_of(f"sources.{index}.logs", source.logs),
+                             {"logs": paths, "out": str(folder), "progress": False})
+        try:
+            summary = read_logs(config)
+        except NothingToDo:
+            return None, "no prompt kept"
+        return folder / "prompts.jsonl", {k: summary.get(k) for k in ("records_read", "accepted", "rejected", "scrubbed")}
+
+    def layer_of(self, path: str, values: dict[str, Any]) -> Layer:
+        self.layer("generate")  # reads the spec's line numbers once
+        return Layer(self.spec_path, values, self._yaml_lines or {}, {k: f"{path}.{k}" for k in values})
 
     def augment(self, collected: dict[str, Any]) -> dict[str, Any] | None:
         if self.spec.augment is None:

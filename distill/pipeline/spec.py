@@ -24,6 +24,7 @@ OWNED = {
               "out": "STORE/runs/RUN/train", "resume": "always on"},
     "eval": {"models": "challenger, champion, teacher", "out": "STORE/runs/RUN/eval", "teacher": "the spec's teacher",
              "gate": "the spec's gate"},
+    "logs": {"logs": "the source's new files", "out": "STORE/runs/RUN/collect/logs-I"},
 }
 GATE_MODELS = ("challenger", "champion", "teacher")
 _TRAIN_ON = re.compile(r"^(new|all|window\s+([1-9][0-9]*))$")
@@ -37,10 +38,16 @@ class Source:
                                                        "whose content changed counts as new; its old prompts are dropped "
                                                        "as duplicates); all: every file every run, the history dedup "
                                                        "deciding what is new")
+    kind: Literal["prompts", "logs"] = field("prompts", help="prompts: seed files (.jsonl, .csv, .parquet); logs: request "
+                                                             "logs (OpenAI-format, LiteLLM, Bedrock), read by distill logs")
+    logs: dict = field(default_factory=dict, help="kind logs: distill logs' keys (format, model, where, scrub, "
+                                                  "max_prompt_tokens, ...), less logs and out")
 
     def __post_init__(self) -> None:
         if not self.path:
             bad("path", "required")
+        if self.logs and self.kind != "logs":
+            bad("logs", "only with kind: logs")
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,7 @@ class PipelineSpec:
     store: str = field("", help="where every run lives: a folder, or s3://bucket/prefix (needs distill[s3])")
     store_options: dict = field(default_factory=dict, help="fsspec options of an object store (endpoint_url, profile, ...)")
     work: str | None = field(None, help="local folder mirroring an object store's stages", default_text="~/.cache/distill/pipeline/NAME")
-    sources: tuple[Any, ...] = field((), help="prompt sources: a list of {path, new}")
+    sources: tuple[Any, ...] = field((), help="prompt sources: a list of {path, new, kind, logs}")
     teacher: str = field("", help="teacher recipe name, recipe YAML or model folder (as generate --teacher)")
     student: str = field("", help="base student (as train --student)")
     warm_start: Literal["base", "champion"] = field("base", help="base: every run trains the base student; champion: "
@@ -152,7 +159,10 @@ def check_stage(stage: str, values: dict[str, Any], layer: Layer, fill: dict[str
     from distill.generate import GenerateConfig
     from distill.train import TrainConfig
 
-    cls = {"generate": GenerateConfig, "augment": AugmentConfig, "train": TrainConfig, "eval": EvalConfig}[stage]
+    from distill.logs import LogsConfig
+
+    cls = {"generate": GenerateConfig, "augment": AugmentConfig, "train": TrainConfig, "eval": EvalConfig,
+           "logs": LogsConfig}[stage]
     for key in values:
         norm = str(key).replace("-", "_")
         if norm in OWNED[stage]:
@@ -181,7 +191,11 @@ def load_spec(path: str | Path) -> PipelineSpec:
         if isinstance(item, str):
             item = {"path": item}
         source_layer = _section("sources", name, item, lines, f"sources.{i}.")
-        sources.append(load_config(Source, layers=[source_layer]))
+        source = load_config(Source, layers=[source_layer])
+        if source.kind == "logs":
+            logs_layer = _section("logs", name, source.logs, lines, f"sources.{i}.logs.")
+            check_stage("logs", source.logs, logs_layer, {"logs": ("logs",), "out": "out"})
+        sources.append(source)
     promotion = load_config(Promotion, layers=[_section("promotion", name, spec.promotion, lines, "promotion.")])
 
     placeholders = {"teacher": spec.teacher, "prompts": "collected.jsonl", "out": "out"}

@@ -167,3 +167,38 @@ def test_run_ids():
         resolve_run_id("../x", None, b"", [])
     with pytest.raises(ConfigError, match="--scheduled-time"):
         resolve_run_id(None, "yesterday", b"", [])
+
+
+def test_request_logs_as_a_source(tmp_path, counted):
+    """kind: logs: new log files go through `distill logs` (scrubbed, filtered) into the run."""
+    import gzip
+
+    def record(i: int, text: str, model: str = "gpt-4o", status: int = 200) -> str:
+        return json.dumps({"request_id": f"r{i}", "timestamp": f"2026-11-02T10:{i % 60:02d}:00Z", "status_code": status,
+                           "request": {"model": model, "messages": [{"role": "user", "content": text}]},
+                           "response": {"choices": [{"message": {"role": "assistant", "content": "ok"}}]}})
+
+    texts = prompts(12, seed=71)
+    lines = [record(i, t) for i, t in enumerate(texts[:10])]
+    lines.append(record(10, texts[10] + " mail me at jane.doe@example.com"))
+    lines.append(record(11, texts[11], status=500))  # an error: dropped by default
+    lines.append(record(12, "a prompt for another model entirely", model="other"))
+    (tmp_path / "logs").mkdir()
+    with gzip.open(tmp_path / "logs" / "day1.jsonl.gz", "wt") as fh:
+        fh.write("\n".join(lines) + "\n")
+    path = spec(tmp_path, sources=[{"path": str(tmp_path / "logs"), "kind": "logs",
+                                    "logs": {"model": ["gpt-4o*"], "format": "openai"}}])
+    code, out = _run("run", str(path), "--run-id", "r1")
+    assert code == 0, out
+    assert counted["generate_stage"] == [11]  # 10 plain + the scrubbed one; no error, no other model
+    collect = json.loads((tmp_path / "store/runs/r1/collect/collect.json").read_text())
+    assert collect["kept"] == 11 and collect["logs"]["0"]["accepted"] == 11
+    prompts_text = (tmp_path / "store/runs/r1/collect/prompts.jsonl").read_text()
+    assert "jane.doe@example.com" not in prompts_text and "<EMAIL>" in prompts_text
+    code, out = _run("run", str(path))
+    assert code == 7  # no new log file
+
+    bad = spec(tmp_path, spec_name="bad.yaml", sources=[{"path": str(tmp_path / "logs"), "kind": "logs",
+                                                         "logs": {"modle": ["x"]}}])
+    code, out = _run("run", str(bad))
+    assert code == 2 and "sources.0.logs.modle" in out and "did you mean 'model'" in out
