@@ -223,17 +223,42 @@ def _ids(turns: list[dict[str, str]]) -> tuple[str, list[str]]:
     """The prompt's id (``distill.prompts.prompt_hash``, computed here with each text normalized
     once) and the hashes of every prefix of the conversation that ends with a user turn (the last
     is the whole conversation)."""
-    from distill.prompts import normalize_text
-
-    canon = [[t["role"], normalize_text(t["content"])] for t in turns]
-    pid = hashlib.sha256(json.dumps(canon, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+    # json.dumps(canon, ensure_ascii=False) spelled out, each string through the json module's C
+    # encoder once: the same bytes as prompt_hash, and the per-turn pieces for the chain
+    pairs = [_canonical_pair(t["role"], t["content"]) for t in turns]
+    pid = hashlib.sha256(("[" + ", ".join(pairs) + "]").encode("utf-8")).hexdigest()[:16]
     digest = hashlib.sha256()
     chain = []
-    for role, text in canon:
-        digest.update(json.dumps([role, text], ensure_ascii=False).encode("utf-8"))
-        if role == "user":
+    for turn, pair in zip(turns, pairs):
+        digest.update(pair.encode("utf-8"))
+        if turn["role"] == "user":
             chain.append(digest.copy().hexdigest()[:16])
     return pid, chain
+
+
+_PAIRS: dict[tuple[str, str], str] = {}
+
+
+def _canonical_pair(role: str, content: str) -> str:
+    """``json.dumps([role, normalize_text(content)], ensure_ascii=False)``, remembered for short
+    repeated turns (a system prompt recurs in every request of an application)."""
+    from distill.prompts import normalize_text
+
+    key = (role, content)
+    pair = _PAIRS.get(key)
+    if pair is None:
+        pair = f"[{_json_str(role)}, {_json_str(normalize_text(content))}]"
+        if len(content) <= 2000:
+            if len(_PAIRS) >= 20_000:
+                _PAIRS.clear()
+            _PAIRS[key] = pair
+    return pair
+
+
+def _json_str(text: str) -> str:
+    from json.encoder import encode_basestring  # the C encoder json.dumps(ensure_ascii=False) uses
+
+    return encode_basestring(text)
 
 
 def _scrub_value(value: Any, scrubber: Any) -> Any:
@@ -314,9 +339,12 @@ class _Prepare:
         reason, kept = self.decide(entry)
         if reason is not None:
             return ("reject", where, entry.request_id, reason)
-        record, key, text, prefixes, conversation = kept
-        record["log"] = {"file": path, "line": number, **record["log"]}
-        return ("keep", where, entry.request_id, key, text, prefixes, conversation, _line(record))
+        record, key, text, prefixes, conversation, whole, group, side = kept
+        record["log"] = {"file": path, "line": number, **record["log"],
+                         "group": hashlib.sha256(str(group).encode()).hexdigest()[:16]}
+        # the output line as written, and what the second pass needs to decide on it without parsing it
+        meta = _line([conversation, whole, side, where, entry.request_id, record["id"]])
+        return ("keep", where, entry.request_id, key, text, prefixes, conversation, meta + _line(record))
 
     def decide(self, entry: Any) -> tuple[str | None, Any]:
         """(rejection reason, None) or (None, (record, prompt key, text for the near-duplicate
@@ -361,10 +389,15 @@ class _Prepare:
             record["response"] = scrub(entry.response)
         record["log"] = {"request_id": entry.request_id, "time": entry.timestamp.isoformat() if entry.timestamp else None,
                          "model": entry.model, "format": entry.format, "metadata": metadata}
-        record["_key"] = [conversation, chain[-1], chain[0], entry.conversation]
         single = len(turns) == 1 + (turns[0]["role"] == "system")
+        # the conversation's group (the split's unit): its id when the log has one, else its first turn
+        group = entry.conversation or chain[0]
+        side = "train"
+        if config.split:
+            draw = int(hashlib.sha256(f"{config.seed}:{group}".encode()).hexdigest()[:12], 16) / 16 ** 12
+            side = "validation" if draw < config.split else "train"
         return None, (record, int(pid, 16), text if single and config.near_dup_threshold > 0 else None, chain[:-1],
-                      conversation)
+                      conversation, chain[-1], group, side)
 
 
 _WORKER: _Prepare | None = None
@@ -460,7 +493,7 @@ def run(config: LogsConfig) -> dict[str, Any]:
                 if kind == "reject":
                     reason = result[3]
                 else:
-                    _, _, _, key, text, chain, conversation, line = result
+                    _, _, _, key, text, chain, conversation, lines = result
                     reason = None
                     if key in seen_exact:
                         reason = "duplicate"
@@ -471,7 +504,7 @@ def run(config: LogsConfig) -> dict[str, Any]:
                         if near is not None and text is not None:
                             near.add(f"{key:016x}", text)
                         prefixes.update((conversation, h) for h in chain)
-                        kept.write(line)
+                        kept.write(lines)  # two lines: the second pass's facts, then the record
                         continue
                 reasons[reason] += 1
                 report.write(_line({"where": where, "request_id": request_id, "decision": "rejected", "reason": reason}))
@@ -493,25 +526,18 @@ def run(config: LogsConfig) -> dict[str, Any]:
         if config.split:
             outputs["validation"] = (staging / "validation.jsonl").open("wb")
         with (staging / "kept.jsonl").open("rb") as handle:
-            for line in handle:
-                record = _loads(line)
-                conversation, whole, root, conversation_id = record.pop("_key")
-                where = f"{record['log']['file']}:{record['log']['line']}"
+            for meta in handle:  # the record's line follows its facts' line; copied, never parsed again
+                line = next(handle)
+                conversation, whole, side, where, request_id, pid = _loads(meta)
                 if (conversation, whole) in prefixes:
                     reasons["conversation_prefix"] += 1
-                    report.write(_line({"where": where, "request_id": record["log"]["request_id"],
+                    report.write(_line({"where": where, "request_id": request_id,
                                         "decision": "rejected", "reason": "conversation_prefix"}))
                     continue
-                side = "train"
-                if config.split:
-                    group = conversation_id or root
-                    draw = int(hashlib.sha256(f"{config.seed}:{group}".encode()).hexdigest()[:12], 16) / 16 ** 12
-                    side = "validation" if draw < config.split else "train"
-                record["log"]["group"] = hashlib.sha256(str(conversation_id or root).encode()).hexdigest()[:16]
-                outputs[side].write(_line(record))
+                outputs[side].write(line)
                 counts[side] += 1
-                report.write(_line({"where": where, "request_id": record["log"]["request_id"], "decision": "accepted",
-                                    "id": record["id"], "split": side}))
+                report.write(_line({"where": where, "request_id": request_id, "decision": "accepted",
+                                    "id": pid, "split": side}))
         for handle in outputs.values():
             handle.close()
         report.close()

@@ -72,7 +72,57 @@ _TRIGGERS: dict[str, str] = {
     "phone": r"\d[ .-]\d|[+(]\d",
 }
 _TRIGGER_RE = {kind: re.compile(trigger) for kind, trigger in _TRIGGERS.items()}
-_ANY_TRIGGER = re.compile("|".join(f"(?:{t})" for t in _TRIGGERS.values()))
+# The same triggers as plain substring tests (C-speed `in`) where they are literals: one pass of
+# these decides, for most text, that no pattern needs to run at all.
+_LITERALS: dict[str, tuple[str, ...]] = {
+    "private_key": ("PRIVATE KEY",),
+    "aws_secret_key": ("ecret", "ECRET"),
+    "aws_access_key": ("AKIA", "ASIA", "ABIA", "ACCA", "AIDA", "AROA"),
+    "api_key": ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "AIza", "_live_", "_test_", "hf_"),
+    "bearer_token": ("earer ", "EARER "),
+    "jwt": ("eyJ",),
+    "email": ("@",),
+}
+_DIGIT_KINDS = ("credit_card", "ip_address", "phone")  # their triggers need a digit (ip_address: or "::")
+_DIGIT = re.compile(r"\d|::")
+# Most logged text is prose. The needles below can occur in any text; every other trigger holds a
+# character that prose rarely has ('@', a digit, ':', '-', '_'), so a few C-speed scans for those
+# characters decide which other needles and patterns are worth a look.
+_PLAIN_NEEDLES: dict[str, tuple[str, ...]] = {
+    "aws_secret_key": _LITERALS["aws_secret_key"],
+    "aws_access_key": _LITERALS["aws_access_key"],
+    "api_key": ("AIza",),
+    "bearer_token": _LITERALS["bearer_token"],
+    "jwt": _LITERALS["jwt"],
+}
+_DASH_NEEDLES: dict[str, tuple[str, ...]] = {  # each holds a '-' or '_'
+    "private_key": ("-----",),
+    "api_key": tuple(n for n in _LITERALS["api_key"] if n != "AIza" and n != "xox") + ("xox",),
+}
+_DIGIT_ONLY = re.compile(r"\d")
+
+
+_PLAIN_PAIRS = tuple((kind, needle) for kind, needles in _PLAIN_NEEDLES.items() for needle in needles)
+_DASH_PAIRS = tuple((kind, needle) for kind, needles in _DASH_NEEDLES.items() for needle in needles)
+
+
+def candidate_kinds(text: str) -> set[str]:
+    """The kinds whose trigger the text holds (each pattern runs only for these)."""
+    kinds: set[str] = set()
+    for kind, needle in _PLAIN_PAIRS:  # plain loops: this runs for every logged string
+        if needle in text:
+            kinds.add(kind)
+    if "@" in text:
+        kinds.add("email")
+    if "-" in text or "_" in text:
+        for kind, needle in _DASH_PAIRS:
+            if needle in text:
+                kinds.add(kind)
+    if _DIGIT_ONLY.search(text):
+        kinds.update(kind for kind in _DIGIT_KINDS if _TRIGGER_RE[kind].search(text))
+    elif "::" in text or text.count(":") >= 7:  # without a digit only an IPv6 address is possible
+        kinds.add("ip_address")
+    return kinds
 
 
 def luhn_ok(digits: str) -> bool:
@@ -105,15 +155,34 @@ Detector = Callable[[str], Iterable[tuple[int, int, str]]]  # text -> (start, en
 class Scrubber:
     """``scrub(text)`` -> the text with every finding replaced; ``counts`` per kind so far."""
 
+    CACHE_ENTRIES = 20_000  # repeated clean strings (system prompts, metadata values) are scanned once
+    CACHE_CHARS = 2_000
+
     def __init__(self, extra: Detector | None = None) -> None:
         self.counts: Counter = Counter()
         self.extra = extra
+        self._clean: set[str] = set()  # short strings seen with nothing to scrub
 
     def scrub(self, text: str) -> str:
-        if not text or (self.extra is None and not _ANY_TRIGGER.search(text)):
+        if not text:
+            return text
+        if self.extra is not None or len(text) > self.CACHE_CHARS:
+            return self._scrub(text)
+        if text in self._clean:
+            return text
+        result = self._scrub(text)
+        if result == text:  # nothing found (a replacement always changes the text): remember it
+            if len(self._clean) >= self.CACHE_ENTRIES:
+                self._clean.clear()
+            self._clean.add(text)
+        return result
+
+    def _scrub(self, text: str) -> str:
+        kinds = candidate_kinds(text)
+        if not kinds and self.extra is None:
             return text
         for kind, pattern in _PATTERNS:
-            if not _TRIGGER_RE[kind].search(text):
+            if kind not in kinds:
                 continue
             if kind == "aws_secret_key":
                 text = self._secret(text, pattern)

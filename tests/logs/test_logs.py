@@ -382,3 +382,30 @@ def test_sigterm_stops_without_writing(tmp_path):
     (line,) = error_lines(proc.stderr)
     assert line.startswith("error: SIGTERM: nothing written; stopped")
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_the_fast_screen_proposes_every_kind_a_pattern_would_scrub():
+    """scrub's character screen (distill.logs.scrub.candidate_kinds) skips a pattern only when that
+    pattern can find nothing: random text with secrets planted, against every pattern run alone."""
+    import random
+    import string
+
+    from distill.logs import scrub as S
+
+    rng = random.Random(1)
+    alphabet = string.ascii_letters + string.digits + " @_-:.+()/="
+    planted = ["-----BEGIN RSA PRIVATE KEY-----\nabc\n-----END RSA PRIVATE KEY-----", "aws_secret_access_key = " + "A" * 40,
+               "AWS SECRET KEY: " + "Bb" * 20, "AKIA" + "ABCDEFGHIJKLMNOP", "sk-" + "a" * 24, "ghp_" + "x" * 36,
+               "github_pat_" + "y" * 22, "xoxb-" + "z" * 10, "AIza" + "Q" * 35, "sk_live_" + "w" * 16, "hf_" + "v" * 30,
+               "Bearer abcdefghij", "eyJabcdefghi.eyJabcdefghi.abcdefghij", "a.b@example.com", "fe80::1",
+               "4111 1111 1111 1111", "10.0.0.1", "+1 415 555 0100", "(415) 555-0100"]
+    found = 0
+    for _ in range(30000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        if rng.random() < 0.7:
+            text += " " + rng.choice(planted) + " " + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        would = {kind for kind, pattern in S._PATTERNS
+                 if any(S._accept(kind, m.group(0)) for m in pattern.finditer(text))}
+        assert would <= S.candidate_kinds(text), (text, would - S.candidate_kinds(text))
+        found += bool(would)
+    assert found > 15000
