@@ -323,12 +323,15 @@ def entry() -> None:
 
 
 # the commands that poll distill.stop.STOP at their safe points
-STOP_AWARE = {"generate", "augment", "train", "eval", "logs", "pipeline"}
+STOP_AWARE = {"generate", "augment", "train", "eval", "logs", "pipeline run"}
 
 
 def _command(argv: list[str]) -> str | None:
-    """The subcommand named in ``argv`` (after any global options)."""
-    for arg in argv:
-        if not arg.startswith("-"):
-            return arg
-    return None
+    """The subcommand named in ``argv`` (after any global options): ``pipeline run`` for the
+    pipeline group's commands, which differ (status, render... never poll the flag)."""
+    words = [arg for arg in argv if not arg.startswith("-")]
+    if not words:
+        return None
+    if words[0] == "pipeline" and len(words) > 1:
+        return f"pipeline {words[1]}"
+    return words[0]

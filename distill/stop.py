@@ -11,9 +11,12 @@ resumable state behind, then raises ``Preempted`` (exit code 75):
 - ``augment`` (also inside ``generate --augment``): the round in flight is dropped, finished
   rounds stay;
 - ``eval``: stops before writing any report;
-- ``logs``: stops between batches of records; its output is written only at the end.
+- ``logs``: stops between batches of records; its output is written only at the end;
+- ``pipeline run``: the running stage stops at its own safe point (above), or the run stops
+  between stages; the rerun of the same run id skips the finished stages.
 
-Other commands (``inspect``, ``init-student``) keep the default SIGTERM action: they end at once.
+Other commands (``inspect``, ``init-student``, ``pipeline status`` / ``promote`` / ``rollback`` /
+``render``) keep the default SIGTERM action: they end at once.
 
 A rerun of the same command (``train``: with ``--resume``) continues from that state; the result
 equals an uninterrupted run.

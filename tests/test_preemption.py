@@ -170,7 +170,8 @@ def test_commands_that_do_not_poll_the_flag_keep_the_default_sigterm(tmp_path):
     from distill.cli import STOP_AWARE, _command
 
     assert _command(["--debug", "train", "--resume"]) == "train" and _command(["--version"]) is None
-    assert STOP_AWARE == {"generate", "augment", "train", "eval", "logs"}
+    assert _command(["pipeline", "run", "spec.yaml"]) == "pipeline run" and _command(["pipeline", "status", "x"]) == "pipeline status"
+    assert STOP_AWARE == {"generate", "augment", "train", "eval", "logs", "pipeline run"}
     code = ("import os, signal, sys, time\n"
             "import distill.inspect as ins\n"
             "def slow(*a, **k):\n"

@@ -107,7 +107,7 @@ def test_a_generate_job_writes_a_corpus(tiny_teacher_dir, tmp_path):
 @pytest.mark.parametrize("hyperparameters, expected, code", [
     ({"stage": "train", "lr": "fast"}, "hyperparameters.json: lr: ", 2),
     ({"stage": "train", "max_stepz": 3}, "hyperparameters.json: max_stepz: unknown key", 2),
-    ({"stage": "deploy"}, "hyperparameters.json: stage: must be one of generate, augment, train, eval, got 'deploy'", 2),
+    ({"stage": "deploy"}, "hyperparameters.json: stage: must be one of generate, augment, train, eval, pipeline, got 'deploy'", 2),
 ])
 def test_a_bad_hyperparameter_writes_the_failure_file(hyperparameters, expected, code, tiny_student_dir, kd_corpus, tmp_path):
     root = ml_tree(tmp_path / "ml", hyperparameters, {"corpus": kd_corpus, "student": tiny_student_dir})
