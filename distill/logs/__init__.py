@@ -481,13 +481,15 @@ def run(config: LogsConfig) -> dict[str, Any]:
             fields_seen |= counts["fields_seen"]
             read += len(results)
             bar.update(len(results))
+            kept_out: list[bytes] = []  # one write per batch, not per record
+            report_out: list[bytes] = []
             for result in results:
                 kind, where = result[0], result[1]
                 if kind == "bad":
                     if not config.skip_invalid:
                         raise ConfigError(f"{where}: {result[2]} (--skip-invalid counts such records and goes on)")
                     reasons["unreadable"] += 1
-                    report.write(_line({"where": where, "decision": "rejected", "reason": "unreadable"}))
+                    report_out.append(_line({"where": where, "decision": "rejected", "reason": "unreadable"}))
                     continue
                 request_id = result[2]
                 if kind == "reject":
@@ -504,10 +506,12 @@ def run(config: LogsConfig) -> dict[str, Any]:
                         if near is not None and text is not None:
                             near.add(f"{key:016x}", text)
                         prefixes.update((conversation, h) for h in chain)
-                        kept.write(lines)  # two lines: the second pass's facts, then the record
+                        kept_out.append(lines)  # two lines: the second pass's facts, then the record
                         continue
                 reasons[reason] += 1
-                report.write(_line({"where": where, "request_id": request_id, "decision": "rejected", "reason": reason}))
+                report_out.append(_line({"where": where, "request_id": request_id, "decision": "rejected", "reason": reason}))
+            kept.write(b"".join(kept_out))
+            report.write(b"".join(report_out))
         bar.close()
         kept.close()
         where_expr = None
@@ -525,19 +529,32 @@ def run(config: LogsConfig) -> dict[str, Any]:
         outputs = {"train": (staging / "prompts.jsonl").open("wb")}
         if config.split:
             outputs["validation"] = (staging / "validation.jsonl").open("wb")
+        pending: dict[str, list[bytes]] = {side: [] for side in outputs}
+        report_out = []
+
+        def flush() -> None:
+            for side, chunk in pending.items():
+                outputs[side].write(b"".join(chunk))
+                chunk.clear()
+            report.write(b"".join(report_out))
+            report_out.clear()
+
         with (staging / "kept.jsonl").open("rb") as handle:
             for meta in handle:  # the record's line follows its facts' line; copied, never parsed again
                 line = next(handle)
                 conversation, whole, side, where, request_id, pid = _loads(meta)
                 if (conversation, whole) in prefixes:
                     reasons["conversation_prefix"] += 1
-                    report.write(_line({"where": where, "request_id": request_id,
-                                        "decision": "rejected", "reason": "conversation_prefix"}))
+                    report_out.append(_line({"where": where, "request_id": request_id,
+                                             "decision": "rejected", "reason": "conversation_prefix"}))
                     continue
-                outputs[side].write(line)
+                pending[side].append(line)
                 counts[side] += 1
-                report.write(_line({"where": where, "request_id": request_id, "decision": "accepted",
-                                    "id": pid, "split": side}))
+                report_out.append(_line({"where": where, "request_id": request_id, "decision": "accepted",
+                                         "id": pid, "split": side}))
+                if len(report_out) >= 4096:
+                    flush()
+        flush()
         for handle in outputs.values():
             handle.close()
         report.close()
