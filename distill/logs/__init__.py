@@ -85,6 +85,11 @@ class LogsConfig:
                                    "the text as logged)")
     scrubber: Literal["regex", "presidio"] = field("regex", help="regex: built-in patterns; presidio: also names "
                                                                  "and places (the presidio extra)")
+    presidio_model: str = field("en_core_web_lg", help="with --scrubber presidio: the spaCy model (a name installed "
+                                                       "with `python -m spacy download`, or a folder)")
+    presidio_entities: tuple[str, ...] = field(("PERSON", "LOCATION"), separator=",",
+                                               help="with --scrubber presidio: the Presidio entities to replace "
+                                                    "(repeat, or comma-separated), e.g. PERSON, LOCATION, IBAN_CODE")
     near_dup_threshold: float = field(0.0, help="drop a single-turn prompt whose word-3-gram Jaccard with a kept one "
                                                 "is at least this, e.g. 0.9 (0: off; its index holds every kept "
                                                 "prompt's shingles, so memory grows with the log)")
@@ -294,7 +299,8 @@ class _Prepare:
 
         self.config = config
         self.readers = READERS
-        self.scrubber = Scrubber(presidio_detector() if config.scrubber == "presidio" and config.scrub else None)
+        presidio = config.scrubber == "presidio" and config.scrub
+        self.scrubber = Scrubber(presidio_detector(config.presidio_entities, config.presidio_model) if presidio else None)
         self.where = Where(config.where) if config.where else None
         self.since = _time_bound(config.since) if config.since else None
         self.until = _time_bound(config.until) if config.until else None

@@ -9,8 +9,8 @@ or a + country code (a bare run of digits is left alone: arithmetic prompts are 
 card numbers of 13 to 19 digits, IPv4 and IPv6 addresses, AWS access key ids and secret keys,
 API keys of common providers (OpenAI / Anthropic ``sk-``, GitHub, Slack, Google, Stripe, Hugging
 Face), bearer tokens and JWTs, and PEM private keys. Names and street addresses need a model:
-``Scrubber(extra=presidio_detector())`` adds Microsoft Presidio's detectors (``pip install
-'distill[presidio]'``).
+``Scrubber(extra=presidio_detector())`` adds Microsoft Presidio's recognizers (``pip install
+'distill[presidio]'`` and a spaCy model), run first, on the raw text, so they see whole entities.
 """
 
 from __future__ import annotations
@@ -178,9 +178,11 @@ class Scrubber:
         return result
 
     def _scrub(self, text: str) -> str:
+        if self.extra is not None:  # first, on the raw text: its recognizers see whole entities
+            for start, end, kind in sorted(self.extra(text), reverse=True):
+                self.counts[kind] += 1
+                text = text[:start] + f"<{kind.upper()}>" + text[end:]
         kinds = candidate_kinds(text)
-        if not kinds and self.extra is None:
-            return text
         for kind, pattern in _PATTERNS:
             if kind not in kinds:
                 continue
@@ -188,11 +190,6 @@ class Scrubber:
                 text = self._secret(text, pattern)
                 continue
             text = pattern.sub(lambda m, k=kind: self._replace(k, m.group(0)), text)
-        if self.extra is not None:
-            spans = sorted(self.extra(text), reverse=True)
-            for start, end, kind in spans:
-                self.counts[kind] += 1
-                text = text[:start] + f"<{kind.upper()}>" + text[end:]
         return text
 
     def _replace(self, kind: str, found: str) -> str:
@@ -209,18 +206,36 @@ class Scrubber:
         return pattern.sub(replace, text)
 
 
-def presidio_detector(entities: tuple[str, ...] = ("PERSON", "LOCATION", "ADDRESS")) -> Detector:
-    """Names and places through Microsoft Presidio (an optional extra; it loads a spaCy model)."""
+def presidio_detector(entities: tuple[str, ...] = ("PERSON", "LOCATION"), model: str = "en_core_web_lg") -> Detector:
+    """Presidio's recognizers for ``entities`` (names and places need a spaCy model with NER, e.g.
+    en_core_web_lg; pattern entities such as IBAN_CODE work with any), as an extra detector."""
+    from distill.config import ConfigError
+
     try:
         from presidio_analyzer import AnalyzerEngine
+        from presidio_analyzer.nlp_engine import NlpEngineProvider
     except ImportError:
-        from distill.config import ConfigError
-
-        raise ConfigError("--scrubber presidio: presidio-analyzer is not installed (pip install 'distill[presidio]' "
-                          "and a spaCy English model)") from None
-    engine = AnalyzerEngine()
+        raise ConfigError("--scrubber presidio: presidio-analyzer is not installed (pip install 'distill[presidio]', "
+                          "then python -m spacy download en_core_web_lg)") from None
+    try:
+        provider = NlpEngineProvider(nlp_configuration={
+            "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": model}]})
+        engine = AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--presidio-model {model}: cannot load this spaCy model ({' '.join(str(exc).split())[:200]}); "
+                          f"install it with `python -m spacy download {model}` or give a model folder") from None
+    known = set(engine.get_supported_entities("en"))
+    unknown = sorted(set(entities) - known)
+    if unknown:
+        raise ConfigError(f"--presidio-entities: {', '.join(unknown)} unknown to Presidio; known: {', '.join(sorted(known))}")
 
     def detect(text: str) -> list[tuple[int, int, str]]:
-        return [(r.start, r.end, r.entity_type.lower()) for r in engine.analyze(text=text, entities=list(entities), language="en")]
+        found = engine.analyze(text=text, entities=list(entities), language="en")
+        spans: list[tuple[int, int, str]] = []
+        for r in sorted(found, key=lambda r: (r.start, -(r.end - r.start))):
+            if spans and r.start < spans[-1][1]:  # overlapping findings: keep the first, longest
+                continue
+            spans.append((r.start, r.end, r.entity_type.lower()))
+        return spans
 
     return detect

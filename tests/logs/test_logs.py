@@ -409,3 +409,37 @@ def test_the_fast_screen_proposes_every_kind_a_pattern_would_scrub():
         assert would <= S.candidate_kinds(text), (text, would - S.candidate_kinds(text))
         found += bool(would)
     assert found > 15000
+
+
+def test_presidio_scrubber_replaces_its_entities(tmp_path):
+    """--scrubber presidio runs Microsoft Presidio after the built-in patterns. Names and places need
+    a spaCy model with NER (en_core_web_lg, not downloadable here); a blank spaCy pipeline still
+    runs Presidio's pattern recognizers, which is what this checks: the wiring, the counts, the
+    placeholders, and the errors for a missing model or an unknown entity."""
+    import json
+
+    import spacy
+
+    model = tmp_path / "blank_en"
+    spacy.blank("en").to_disk(model)
+    iban = "DE89 3704 0044 0532 0130 00"
+    log = write_jsonl(tmp_path / "logs.jsonl", [
+        openai_record("r1", [{"role": "user", "content": f"Please pay the invoice to IBAN {iban} by Friday."}]),
+        openai_record("r2", [{"role": "user", "content": "What is the capital of France?"}]),
+    ])
+    code, out = logs(["--logs", log, "--out", tmp_path / "p", "--scrubber", "presidio", "--presidio-model", model,
+                      "--presidio-entities", "IBAN_CODE"])
+    assert code == 0, out
+    text = (tmp_path / "p" / "prompts.jsonl").read_text()
+    assert iban not in text and "<IBAN_CODE>" in text
+    assert json.loads((tmp_path / "p" / "logs.json").read_text())["scrubbed"].get("iban_code") == 1
+    code, out = logs(["--logs", log, "--out", tmp_path / "control"])  # the built-in patterns alone miss it as an IBAN
+    control = (tmp_path / "control" / "prompts.jsonl").read_text()
+    assert code == 0 and "IBAN DE89 " in control and "<IBAN_CODE>" not in control
+
+    code, out = logs(["--logs", log, "--out", tmp_path / "x", "--scrubber", "presidio", "--presidio-model", tmp_path / "nope"])
+    assert code == 2 and "--presidio-model" in out and "spacy download" in out
+    code, out = logs(["--logs", log, "--out", tmp_path / "y", "--scrubber", "presidio", "--presidio-model", model,
+                      "--presidio-entities", "PERSONN"])
+    assert code == 2 and "--presidio-entities: PERSONN unknown to Presidio" in out
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
