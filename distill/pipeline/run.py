@@ -427,6 +427,8 @@ class Run:
                     "teacher_rows": sum(st.get("teacher_rows_last_run") or 0 for st in stats)}
 
         if shard is None:
+            if self.store.remote and not self.store.exists(f"{self.root}/generate/stage.json"):
+                self.store.pull(f"{self.root}/generate")  # shard workers elsewhere may have left their shards
             return self.stage("generate", inputs, body)
         marker = self.store.read_json(f"{self.root}/generate/stage.json")
         if marker is not None:

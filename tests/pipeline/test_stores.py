@@ -150,3 +150,29 @@ def test_mlflow_registry_against_a_real_server(tmp_path):
         # a rerun of a finished run publishes nothing twice
         assert cli("pipeline", "run", str(path), "--run-id", "r2").returncode == 0
         assert len(client.search_model_versions("name = 'demo-student'")) == 2
+
+
+def test_s3_store_with_shard_workers_on_separate_machines(tmp_path, s3):
+    """The Argo layout on an S3 store: every step in its own work folder (its own pod): the merge
+    finds the workers' shards in the store and asks the teacher nothing again."""
+    endpoint, client = s3
+    write_prompts(tmp_path / "src" / "a.jsonl", prompts(60, seed=13))
+    path = spec(tmp_path, store="s3://distill/pipelines/sharded", store_options=_options(endpoint),
+                generate={"max_new_tokens": 4, "temperature": 0, "batch_size": 128, "progress": False,
+                          "rows_per_shard": 15})
+
+    def step(name: str, *args: str):
+        done = cli("pipeline", "run", str(path), "--run-id", "r", "--work", str(tmp_path / f"pod-{name}"), *args)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    step("prepare", "--only", "prepare")
+    step("gen0", "--only", "generate", "--shard", "0/2")
+    step("gen1", "--only", "generate", "--shard", "1/2")
+    step("merge", "--only", "generate")
+    step("train", "--only", "train")
+    step("finish")
+    marker = json.loads(client.get_object(Bucket="distill", Key="pipelines/sharded/runs/r/generate/stage.json")["Body"].read())
+    assert marker["workers"] == 2 and marker["rows"] == 60 and marker["teacher_rows"] == 60
+    ledger = json.loads(client.get_object(Bucket="distill", Key="pipelines/sharded/ledger.json")["Body"].read())
+    assert ledger["aliases"] == {"champion": "r"}
