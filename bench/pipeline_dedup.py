@@ -42,7 +42,7 @@ def old_prompt(i: int, vocab: list[str]) -> str:
 
 
 def build(work: Path, old: int, segments: int) -> float:
-    from distill.pipeline.index import Hasher, exact_keys, write_segment
+    from distill.pipeline.index import Hasher, Prompts, write_segment
 
     vocab = words()
     hasher = Hasher(0.7)
@@ -50,15 +50,13 @@ def build(work: Path, old: int, segments: int) -> float:
     per = -(-old // segments)
     for s in range(segments):
         texts = [old_prompt(i, vocab) for i in range(s * per, min(old, (s + 1) * per))]
-        conv = [[{"role": "user", "content": t}] for t in texts]
-        sig = hasher.signatures(texts)
-        write_segment(work / f"run-{s:03d}", exact_keys(conv), sig, hasher.band_hashes(sig), hasher, texts)
+        write_segment(work / f"run-{s:03d}", Prompts.of([[{"role": "user", "content": t}] for t in texts], hasher), hasher)
         print(f"  segment {s + 1}/{segments}: {len(texts)} prompts, {time.perf_counter() - started:.0f} s", flush=True)
     return time.perf_counter() - started
 
 
 def check(work: Path, old: int, new: int) -> dict:
-    from distill.pipeline.index import Hasher, dedup
+    from distill.pipeline.index import Hasher, Prompts, dedup
 
     vocab = words()
     rng = random.Random(99)
@@ -77,7 +75,8 @@ def check(work: Path, old: int, new: int) -> dict:
             texts.append(prompt(rng, vocab, f"new {j}"))
     segments = [(p.name, p) for p in sorted(work.iterdir()) if (p / "segment.json").exists()]
     started = time.perf_counter()
-    verdicts, *_ = dedup([[{"role": "user", "content": t}] for t in texts], segments, Hasher(0.7))
+    hasher = Hasher(0.7)
+    verdicts = dedup(Prompts.of([[{"role": "user", "content": t}] for t in texts], hasher), segments, hasher)
     wall = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     reasons: dict[str, int] = {}

@@ -50,3 +50,12 @@ def weights_fingerprint(model_dir: str | Path, max_bytes_per_file: int = 1 << 20
         with path.open("rb") as fh:
             digest.update(fh.read(max_bytes_per_file))
     return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

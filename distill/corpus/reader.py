@@ -25,7 +25,7 @@ from distill.corpus.schema import (
     CorpusRow,
     worker_manifest_name,
 )
-from distill.corpus.writer import file_sha256
+from distill.fingerprint import file_sha256
 
 
 @dataclass

@@ -46,18 +46,11 @@ from distill.corpus.schema import (
     shard_name,
     worker_manifest_name,
 )
+from distill.fingerprint import file_sha256
 from distill.lock import remove_orphan_temps
 
 ROW_GROUP_SIZE = 128  # rows per Parquet row group: the reader's unit of streaming
 ZSTD_LEVEL = 9
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -33,6 +33,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+from json.encoder import encode_basestring  # the C encoder json.dumps(ensure_ascii=False) uses
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -252,18 +253,12 @@ def _canonical_pair(role: str, content: str) -> str:
     key = (role, content)
     pair = _PAIRS.get(key)
     if pair is None:
-        pair = f"[{_json_str(role)}, {_json_str(normalize_text(content))}]"
+        pair = f"[{encode_basestring(role)}, {encode_basestring(normalize_text(content))}]"
         if len(content) <= 2000:
             if len(_PAIRS) >= 20_000:
                 _PAIRS.clear()
             _PAIRS[key] = pair
     return pair
-
-
-def _json_str(text: str) -> str:
-    from json.encoder import encode_basestring  # the C encoder json.dumps(ensure_ascii=False) uses
-
-    return encode_basestring(text)
 
 
 def _scrub_value(value: Any, scrubber: Any) -> Any:

@@ -56,71 +56,44 @@ _PATTERNS: tuple[tuple[str, re.Pattern], ...] = (
 )
 
 
-# What a text must contain for a pattern to have any chance, as a cheap regex (literal strings or
-# a two-character shape): most logged text holds no secret, and skipping the full pattern's scan is
-# what makes scrubbing cheap.
-_TRIGGERS: dict[str, str] = {
-    "private_key": r"PRIVATE KEY",
-    "aws_secret_key": r"ecret|ECRET",
-    "aws_access_key": r"AKIA|ASIA|ABIA|ACCA|AIDA|AROA",
-    "api_key": r"sk-|gh[pousr]_|github_pat_|xox|AIza|_live_|_test_|hf_",
-    "bearer_token": r"earer |EARER ",
-    "jwt": r"eyJ",
-    "email": r"@",
-    "credit_card": r"\d[ -]?\d[ -]?\d[ -]?\d",
-    "ip_address": r"\d\.\d|[0-9A-Fa-f]:[0-9A-Fa-f]|::",
-    "phone": r"\d[ .-]\d|[+(]\d",
+# What a text must contain for a pattern to have any chance. Most logged text is prose with no
+# secret in it, so the screen below decides cheaply which patterns to run at all:
+# - needles that can sit in any text, checked with C-speed substring tests on every string;
+# - needles that hold a '-' or '_', checked only when the text has one;
+# - the digit kinds, whose cheap trigger regexes run only when the text holds a digit (without one
+#   only an IPv6 address is possible, and it needs '::' or seven colons).
+_PLAIN_NEEDLES: tuple[tuple[str, str], ...] = (
+    ("aws_secret_key", "ecret"), ("aws_secret_key", "ECRET"),
+    *(("aws_access_key", n) for n in ("AKIA", "ASIA", "ABIA", "ACCA", "AIDA", "AROA")),
+    ("api_key", "AIza"), ("api_key", "xox"),
+    ("bearer_token", "earer "), ("bearer_token", "EARER "),
+    ("jwt", "eyJ"), ("email", "@"),
+)
+_DASH_NEEDLES: tuple[tuple[str, str], ...] = (
+    ("private_key", "-----"),
+    *(("api_key", n) for n in ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "_live_", "_test_", "hf_")),
+)
+_DIGIT_TRIGGERS = {
+    "credit_card": re.compile(r"\d[ -]?\d[ -]?\d[ -]?\d"),
+    "ip_address": re.compile(r"\d\.\d|[0-9A-Fa-f]:[0-9A-Fa-f]|::"),
+    "phone": re.compile(r"\d[ .-]\d|[+(]\d"),
 }
-_TRIGGER_RE = {kind: re.compile(trigger) for kind, trigger in _TRIGGERS.items()}
-# The same triggers as plain substring tests (C-speed `in`) where they are literals: one pass of
-# these decides, for most text, that no pattern needs to run at all.
-_LITERALS: dict[str, tuple[str, ...]] = {
-    "private_key": ("PRIVATE KEY",),
-    "aws_secret_key": ("ecret", "ECRET"),
-    "aws_access_key": ("AKIA", "ASIA", "ABIA", "ACCA", "AIDA", "AROA"),
-    "api_key": ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "AIza", "_live_", "_test_", "hf_"),
-    "bearer_token": ("earer ", "EARER "),
-    "jwt": ("eyJ",),
-    "email": ("@",),
-}
-_DIGIT_KINDS = ("credit_card", "ip_address", "phone")  # their triggers need a digit (ip_address: or "::")
-_DIGIT = re.compile(r"\d|::")
-# Most logged text is prose. The needles below can occur in any text; every other trigger holds a
-# character that prose rarely has ('@', a digit, ':', '-', '_'), so a few C-speed scans for those
-# characters decide which other needles and patterns are worth a look.
-_PLAIN_NEEDLES: dict[str, tuple[str, ...]] = {
-    "aws_secret_key": _LITERALS["aws_secret_key"],
-    "aws_access_key": _LITERALS["aws_access_key"],
-    "api_key": ("AIza",),
-    "bearer_token": _LITERALS["bearer_token"],
-    "jwt": _LITERALS["jwt"],
-}
-_DASH_NEEDLES: dict[str, tuple[str, ...]] = {  # each holds a '-' or '_'
-    "private_key": ("-----",),
-    "api_key": tuple(n for n in _LITERALS["api_key"] if n != "AIza" and n != "xox") + ("xox",),
-}
-_DIGIT_ONLY = re.compile(r"\d")
-
-
-_PLAIN_PAIRS = tuple((kind, needle) for kind, needles in _PLAIN_NEEDLES.items() for needle in needles)
-_DASH_PAIRS = tuple((kind, needle) for kind, needles in _DASH_NEEDLES.items() for needle in needles)
+_DIGIT = re.compile(r"\d")
 
 
 def candidate_kinds(text: str) -> set[str]:
     """The kinds whose trigger the text holds (each pattern runs only for these)."""
     kinds: set[str] = set()
-    for kind, needle in _PLAIN_PAIRS:  # plain loops: this runs for every logged string
+    for kind, needle in _PLAIN_NEEDLES:  # plain loops: this runs for every logged string
         if needle in text:
             kinds.add(kind)
-    if "@" in text:
-        kinds.add("email")
     if "-" in text or "_" in text:
-        for kind, needle in _DASH_PAIRS:
+        for kind, needle in _DASH_NEEDLES:
             if needle in text:
                 kinds.add(kind)
-    if _DIGIT_ONLY.search(text):
-        kinds.update(kind for kind in _DIGIT_KINDS if _TRIGGER_RE[kind].search(text))
-    elif "::" in text or text.count(":") >= 7:  # without a digit only an IPv6 address is possible
+    if _DIGIT.search(text):
+        kinds.update(kind for kind, trigger in _DIGIT_TRIGGERS.items() if trigger.search(text))
+    elif "::" in text or text.count(":") >= 7:
         kinds.add("ip_address")
     return kinds
 

@@ -112,11 +112,30 @@ class Hasher:
         return out
 
 
-def write_segment(folder: Path, keys: np.ndarray, sig: np.ndarray, bands: np.ndarray, hasher: Hasher,
-                  texts: Sequence[str]) -> None:
+@dataclass
+class Prompts:
+    """What a segment holds of N prompts: keys [N, 2], signatures [N, P], bands [B, N], texts."""
+
+    keys: np.ndarray
+    sig: np.ndarray
+    bands: np.ndarray
+    texts: list[str]
+
+    @classmethod
+    def of(cls, conversations: Sequence[Sequence[dict[str, str]]], hasher: "Hasher") -> "Prompts":
+        texts = [conversation_text(c) for c in conversations]
+        sig = hasher.signatures(texts)
+        return cls(exact_keys(conversations), sig, hasher.band_hashes(sig), texts)
+
+    def take(self, rows: Sequence[int]) -> "Prompts":
+        return Prompts(self.keys[rows], self.sig[rows], self.bands[:, rows], [self.texts[i] for i in rows])
+
+
+def write_segment(folder: Path, prompts: Prompts, hasher: Hasher) -> None:
     """Write one segment; ``segment.json`` (counts, parameters) last."""
     from distill.atomic import atomic_write_bytes, atomic_write_text, atomic_write_with
 
+    keys, sig, bands, texts = prompts.keys, prompts.sig, prompts.bands, prompts.texts
     folder.mkdir(parents=True, exist_ok=True)
     encoded = [t.encode("utf-8") for t in texts]
     offsets = np.zeros(len(encoded) + 1, dtype=np.uint64)
@@ -149,16 +168,11 @@ class Verdicts:
         return [i for i, r in enumerate(self.reason) if not r]
 
 
-def dedup(conversations: Sequence[Sequence[dict[str, str]]], segments: Sequence[tuple[str, Path]],
-          hasher: Hasher, near: bool = True) -> tuple[Verdicts, np.ndarray, np.ndarray, np.ndarray]:
+def dedup(prompts: Prompts, segments: Sequence[tuple[str, Path]], hasher: Hasher, near: bool = True) -> Verdicts:
     """Drop exact and near duplicates of ``segments`` (``(label, folder)`` of earlier runs) and of
-    earlier prompts of the same list. Returns the verdicts and the new prompts' keys, signatures
-    and band hashes (the kept rows of which become this run's segment)."""
-    n = len(conversations)
-    keys = exact_keys(conversations)
-    texts = [conversation_text(c) for c in conversations]
-    sig = hasher.signatures(texts)
-    bands = hasher.band_hashes(sig)
+    earlier prompts of the same list; the kept ones become this run's segment."""
+    keys, sig, bands, texts = prompts.keys, prompts.sig, prompts.bands, prompts.texts
+    n = len(texts)
     new_shingles: list[set[str] | None] = [None] * n
     reason = [""] * n
     match = [""] * n
@@ -240,4 +254,4 @@ def dedup(conversations: Sequence[Sequence[dict[str, str]]], segments: Sequence[
                 continue
             for j in range(bands.shape[0]):
                 buckets[j].setdefault(int(bands[j, i]), []).append(i)
-    return Verdicts(reason, match), keys, sig, bands
+    return Verdicts(reason, match)

@@ -63,10 +63,11 @@ class MlflowRegistry:
         return found[0].version if found else None
 
     def publish(self, store: Store, run_id: str, lineage: dict[str, Any], report_key: str) -> str:
-        version = self._version_of(run_id) if self._has_model() else None
+        has_model = self._has_model()
+        version = self._version_of(run_id) if has_model else None
         if version is not None:
             return version
-        if not self._has_model():
+        if not has_model:
             self._call("creating the registered model", self.client.create_registered_model, self.name,
                        description=f"students of distill pipeline {self.experiment}")
         experiment = self._call("reading the experiment", self.client.get_experiment_by_name, self.experiment)

@@ -26,10 +26,11 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from distill.atomic import atomic_write_text
 from distill.config import ConfigError, Layer
 from distill.errors import DistillError, ExitCode, NothingToDo
-from distill.pipeline.index import conversation_text
-from distill.pipeline.spec import GATE_MODELS, PipelineSpec, Source, check_stage
+from distill.fingerprint import file_sha256
+from distill.pipeline.spec import GATE_MODELS, PipelineSpec, Source, check_stage, section_layer
 from distill.pipeline.store import Store, now_iso, open_store
 from distill.stop import STOP
 
@@ -58,14 +59,6 @@ def digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def code_version() -> dict[str, Any]:
     from distill import __version__
     from distill.build_info import image_record
@@ -85,7 +78,7 @@ def source_files(spec: PipelineSpec, spec_path: str, store: Store) -> list[tuple
     matches no file is an error naming it."""
     files: list[tuple[int, str, str, Path]] = []
     for i, source in enumerate(spec.sources):
-        found = _remote_files(source, store) if "://" in source.path else _local_files(source, spec_path)
+        found = _remote_files(source, store) if "://" in source.path else _local_files(source, spec_path, i)
         if not found:
             what = "log file" if source.kind == "logs" else f"seed file ({', '.join(SEED_SUFFIXES)})"
             raise ConfigError(f"{spec_path}: sources.{i}.path: {source.path!r} matches no {what}")
@@ -93,7 +86,7 @@ def source_files(spec: PipelineSpec, spec_path: str, store: Store) -> list[tuple
     return files
 
 
-def _local_files(source: Source, spec_path: str) -> list[tuple[str, str, Path]]:
+def _local_files(source: Source, spec_path: str, index: int) -> list[tuple[str, str, Path]]:
     path = Path(source.path).expanduser()
     if any(ch in source.path for ch in "*?["):
         candidates = [Path(p) for p in sorted(_glob.glob(str(path), recursive=True))]
@@ -102,7 +95,7 @@ def _local_files(source: Source, spec_path: str) -> list[tuple[str, str, Path]]:
     elif path.exists():
         candidates = [path]
     else:
-        raise ConfigError(f"{spec_path}: sources: {source.path}: no such file or folder")
+        raise ConfigError(f"{spec_path}: sources.{index}.path: {source.path}: no such file or folder")
     files = [p for p in candidates if p.is_file() and not p.name.startswith(".")
              and (source.kind == "logs" or p.suffix.lower() in SEED_SUFFIXES)]
     return [(str(p.absolute()), file_sha256(p), p) for p in files]
@@ -182,7 +175,6 @@ class Run:
         self.lock = lock
         self.root = f"runs/{run_id}"
         self.code = code_version()
-        self._yaml_lines: dict[str, int] | None = None
 
     # the stage protocol
     def stage(self, name: str, inputs: Any, body: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
@@ -208,8 +200,6 @@ class Run:
                 say(f"{name}: resuming where it stopped")
         local.mkdir(parents=True, exist_ok=True)
         if not started.exists():
-            from distill.atomic import atomic_write_text
-
             atomic_write_text(started, json.dumps({"key": key, "started": now_iso()}) + "\n")
         self.checkpoint()
         say(f"{name}: running")
@@ -233,8 +223,6 @@ class Run:
             return {"key": key, **outputs}
         marker = {"stage": name, "run": self.run_id, "key": key, "finished": now_iso(),
                   "seconds": round(time.perf_counter() - began, 1), **outputs}
-        from distill.atomic import atomic_write_text
-
         atomic_write_text(local / "stage.json", json.dumps(marker, indent=2, sort_keys=True, default=str) + "\n")
         self.store.push(rel, last="stage.json")
         say(f"{name}: done in {marker['seconds']} s")
@@ -248,15 +236,15 @@ class Run:
         if check is not None:
             check()
 
+    def hasher(self) -> Any:
+        """The index's MinHash settings (built at augmentation's default threshold when near-duplicate
+        checks are off, so the segments serve a later spec that turns them on)."""
+        from distill.pipeline.index import Hasher
+
+        return Hasher(self.spec.near_dup_threshold or 0.7)
+
     def layer(self, section: str) -> Layer:
-        if self._yaml_lines is None:
-            import yaml
-
-            from distill.pipeline.spec import _lines
-
-            self._yaml_lines = _lines(yaml.compose(Path(self.spec_path).read_text(encoding="utf-8-sig"), Loader=yaml.SafeLoader))
-        values = getattr(self.spec, section) or {}
-        return Layer(self.spec_path, values, self._yaml_lines, {k: f"{section}.{k}" for k in values})
+        return section_layer(self.spec_path, getattr(self.spec, section) or {}, section)
 
     def finished_runs(self) -> list[str]:
         return [r for r in self.ledger["order"] if r != self.run_id]
@@ -281,7 +269,7 @@ class Run:
         def body(out: Path) -> dict[str, Any]:
             from distill.augment import record_to_json
             from distill.ingest import ingest
-            from distill.pipeline.index import Hasher, dedup, write_segment
+            from distill.pipeline.index import Prompts, dedup, write_segment
 
             if not taken:
                 raise NothingToDo(f"pipeline {self.spec.name}: no new or changed source file since the last finished "
@@ -301,9 +289,9 @@ class Run:
             result = ingest(inputs)
             records = result.records
             segments = [(r, self.store.pull(key)) for r, key in history]
-            hasher = Hasher(self.spec.near_dup_threshold or 0.7)
-            verdicts, keys, sig, bands = dedup([r.messages for r in records], segments, hasher,
-                                               near=self.spec.near_dup_threshold > 0)
+            hasher = self.hasher()
+            prompts = Prompts.of([r.messages for r in records], hasher)
+            verdicts = dedup(prompts, segments, hasher, near=self.spec.near_dup_threshold > 0)
             kept = verdicts.kept()
             lines, report = [], []
             for j, record in enumerate(records):
@@ -313,8 +301,6 @@ class Run:
                 else:
                     row = record_to_json(record)
                     lines.append(json.dumps(row, ensure_ascii=False))
-            from distill.atomic import atomic_write_text
-
             counts: dict[str, int] = {}
             for reason in verdicts.reason:
                 if reason:
@@ -324,8 +310,7 @@ class Run:
                                   f"duplicates of earlier runs ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
             atomic_write_text(out / "prompts.jsonl", "".join(line + "\n" for line in lines))
             atomic_write_text(out / "report.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in report))
-            write_segment(out / "index", keys[kept], sig[kept], bands[:, kept], hasher,
-                          [conversation_text(records[j].messages) for j in kept])
+            write_segment(out / "index", prompts.take(kept), hasher)
             stats = {"files": [{"source": i, "file": n, "fingerprint": fp} for i, n, fp, _ in taken],
                      "logs": logs_stats, "read": result.num_read, "duplicates_in_files": result.duplicates, "kept": len(kept),
                      "dropped": counts, "history_runs": len({r for r, _ in history})}
@@ -344,17 +329,13 @@ class Run:
         from distill.logs import run as read_logs
 
         folder = out / f"logs-{index}"
-        config = check_stage("logs", source.logs, self.layer_of(f"sources.{index}.logs", source.logs),
+        config = check_stage("logs", source.logs, section_layer(self.spec_path, source.logs, f"sources.{index}.logs"),
                              {"logs": paths, "out": str(folder), "progress": False})
         try:
             summary = read_logs(config)
         except NothingToDo:
             return None, "no prompt kept"
         return folder / "prompts.jsonl", {k: summary.get(k) for k in ("records_read", "accepted", "rejected", "scrubbed")}
-
-    def layer_of(self, path: str, values: dict[str, Any]) -> Layer:
-        self.layer("generate")  # reads the spec's line numbers once
-        return Layer(self.spec_path, values, self._yaml_lines or {}, {k: f"{path}.{k}" for k in values})
 
     def augment(self, collected: dict[str, Any]) -> dict[str, Any] | None:
         if self.spec.augment is None:
@@ -371,12 +352,11 @@ class Run:
             augment(config)
             # the synthetic prompts join the history too, once the run finishes
             from distill.ingest import ingest
-            from distill.pipeline.index import Hasher, dedup, write_segment
+            from distill.pipeline.index import Prompts, write_segment
 
             synthetic = ingest(str(out / "prompts.jsonl")).records
-            hasher = Hasher(self.spec.near_dup_threshold or 0.7)
-            _, keys, sig, bands = dedup([r.messages for r in synthetic], [], hasher, near=False)
-            write_segment(out / "index", keys, sig, bands, hasher, [conversation_text(r.messages) for r in synthetic])
+            hasher = self.hasher()
+            write_segment(out / "index", Prompts.of([r.messages for r in synthetic], hasher), hasher)
             return {"prompts_sha256": file_sha256(out / "prompts.jsonl"), "prompts": len(synthetic)}
 
         return self.stage("augment", inputs, body)
@@ -574,10 +554,15 @@ def without_champion(tree: Any, expr: str) -> tuple[Any, list[str]]:
 
 
 def teacher_identity(teacher: str) -> Any:
-    """What names the teacher in content keys: the spec string, plus the recipe file's bytes."""
+    """What names the teacher in content keys: the spec string, plus the recipe file's bytes or the
+    model folder's weights fingerprint."""
     path = Path(teacher)
     if path.is_file():
         return [teacher, file_sha256(path)]
+    if path.is_dir():  # a model folder: its weights' fingerprint
+        from distill.fingerprint import weights_fingerprint
+
+        return [teacher, weights_fingerprint(path)]
     from distill.recipes import find_recipe
 
     found = find_recipe("teachers", teacher)
@@ -625,15 +610,14 @@ def run_pipeline(spec_path: str, run_id: str | None = None, scheduled: str | Non
     spec = load_spec(spec_path)
     store = open_store(spec.store, work or spec.work, spec.name, spec.store_options)
     store.check()
-    files = source_files(spec, spec_path, store)
+    # the parallel steps are given their run id; only the others read (and hash) the sources
+    files = [] if only in ("generate", "train") else source_files(spec, spec_path, store)
     run_id = resolve_run_id(run_id, scheduled, Path(spec_path).read_bytes(), files)
 
     def finish(code: int, outcome: str) -> int:
         if report is not None:
             report.update({"run": run_id, "outcome": outcome, "store": store.url, "exit_code": code})
         if outcome_file:
-            from distill.atomic import atomic_write_text
-
             atomic_write_text(outcome_file, outcome + "\n")
         return code
 

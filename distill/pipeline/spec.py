@@ -8,12 +8,13 @@ keys the pipeline sets itself (inputs and outputs). docs/pipeline.md documents e
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from distill.config import ConfigError, FieldError, Layer, bad, check_layer, field, load_config
+from distill.config import ConfigError, Layer, bad, check_layer, field, load_config
 
 # keys of each stage section the pipeline sets (an error when a spec sets them)
 OWNED = {
@@ -112,14 +113,6 @@ class PipelineSpec:
         assert match
         return 0 if match.group(1) == "new" else (None if match.group(1) == "all" else int(match.group(2)))
 
-    @property
-    def sources_(self) -> tuple[Source, ...]:
-        return self.sources  # already Source objects after load_spec
-
-    @property
-    def promotion_(self) -> Promotion:
-        return self.promotion  # type: ignore[return-value]
-
 
 def _lines(node: Any, prefix: str = "") -> dict[str, int]:
     """key path ('train.lr', 'sources.0.path') -> 1-based line, through mappings and lists."""
@@ -138,18 +131,29 @@ def _lines(node: Any, prefix: str = "") -> dict[str, int]:
     return out
 
 
+def spec_lines(path: str | Path) -> dict[str, int]:
+    """The spec's key paths -> lines, read once per version of the file (the stages' errors name them too)."""
+    stat = Path(path).stat()
+    return _spec_lines(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _spec_lines(path: str, mtime_ns: int, size: int) -> dict[str, int]:
+    import yaml
+
+    return _lines(yaml.compose(Path(path).read_bytes().decode("utf-8-sig"), Loader=yaml.SafeLoader))
+
+
+def section_layer(path: str, values: dict[str, Any], prefix: str) -> Layer:
+    """A spec section (``generate``, ``sources.0.logs``) as a config layer whose errors name its lines."""
+    return _section(prefix, path, values, spec_lines(path), prefix + ".")
+
+
 def _section(name: str, path: str, values: dict[str, Any], lines: dict[str, int], prefix: str) -> Layer:
     if not isinstance(values, dict):
         where = f"{path}:{lines.get(prefix.rstrip('.'), '?')}"
         raise ConfigError(f"{where}: {prefix.rstrip('.')}: must be a mapping of keys to values")
     return Layer(path, values, lines, {k: prefix + str(k) for k in values})
-
-
-def _build(cls: type, layer: Layer) -> Any:
-    try:
-        return load_config(cls, layers=[layer])
-    except FieldError as exc:  # pragma: no cover - load_config already adds the location
-        raise ConfigError(f"{layer.where(exc.name)}: {exc.message}") from None
 
 
 def check_stage(stage: str, values: dict[str, Any], layer: Layer, fill: dict[str, Any]) -> Any:
@@ -173,13 +177,10 @@ def check_stage(stage: str, values: dict[str, Any], layer: Layer, fill: dict[str
 
 def load_spec(path: str | Path) -> PipelineSpec:
     """Read and check a pipeline spec; every error names the file, line and key."""
-    import yaml
-
     from distill.config import read_yaml_layer
 
     top = read_yaml_layer(path)
-    text = Path(path).read_bytes().decode("utf-8-sig")
-    lines = _lines(yaml.compose(text, Loader=yaml.SafeLoader))
+    lines = spec_lines(path)
     layer = Layer(str(path), top.values, lines)
     spec = load_config(PipelineSpec, layers=[layer])
     name = str(path)

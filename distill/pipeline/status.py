@@ -48,14 +48,17 @@ def status(spec_path: str, runs: int = 10, plot: str | None = None, as_json: boo
     spec, store = _open(spec_path, work)
     ledger = read_ledger(store, spec.name)
     alias = spec.promotion.alias
-    rows = run_states(store, ledger)[-runs:]
+    every = run_states(store, ledger)
+    rows = every[-runs:]
     result = {"pipeline": spec.name, "store": store.url, "alias": alias, "champion": ledger["aliases"].get(alias),
               "previous": ledger["alias_history"].get(alias, []), "runs": rows,
               "events": ledger["events"][-runs:]}
     if plot is None and not store.remote:
         plot = str(store.local("status.png"))
+    if plot and not ledger["order"]:
+        plot = None  # nothing finished: no picture, and no store folder made for one
     if plot:
-        _plot(run_states(store, ledger), ledger, alias, Path(plot))
+        _plot(every, alias, Path(plot))
         result["plot"] = plot
     if as_json:
         print(json.dumps(result, indent=2, default=str))
@@ -76,7 +79,7 @@ def status(spec_path: str, runs: int = 10, plot: str | None = None, as_json: boo
     return result
 
 
-def _plot(rows: list[dict[str, Any]], ledger: dict[str, Any], alias: str, path: Path) -> None:
+def _plot(rows: list[dict[str, Any]], alias: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

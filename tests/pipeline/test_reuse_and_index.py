@@ -41,15 +41,16 @@ def test_reuse_copies_rows_exactly_and_asks_the_teacher_only_for_the_rest(tmp_pa
 
 def test_index_matches_jaccard(tmp_path):
     from distill.dedup import jaccard, shingles
-    from distill.pipeline.index import Hasher, dedup, write_segment
+    from distill.pipeline.index import Hasher, Prompts, dedup, write_segment
 
     rng = random.Random(0)
     base = prompts(300, seed=41)
     conv = [[{"role": "user", "content": t}] for t in base]
     hasher = Hasher(0.7)
-    verdicts, keys, sig, bands = dedup(conv, [], hasher)
+    indexed = Prompts.of(conv, hasher)
+    verdicts = dedup(indexed, [], hasher)
     assert not any(verdicts.reason)
-    write_segment(tmp_path / "seg", keys, sig, bands, hasher, base)
+    write_segment(tmp_path / "seg", indexed, hasher)
     # edits of old prompts at several strengths, plus new prompts and exact copies
     probes, truth = [], []
     for i in range(300):
@@ -62,7 +63,7 @@ def test_index_matches_jaccard(tmp_path):
         truth.append(jaccard(shingles(text), shingles(base[i])))
     probes += prompts(50, seed=42)
     truth += [0.0] * 50
-    got, *_ = dedup([[{"role": "user", "content": t}] for t in probes], [("old", tmp_path / "seg")], hasher)
+    got = dedup(Prompts.of([[{"role": "user", "content": t}] for t in probes], hasher), [("old", tmp_path / "seg")], hasher)
     flagged = [bool(r) for r in got.reason]
     exact = [r == "duplicate_of_earlier_run" for r in got.reason]
     assert all(e == (p in base) for e, p in zip(exact, probes))
