@@ -39,40 +39,32 @@ def test_s3_store_and_source_end_to_end(tmp_path, s3):
                       Body="".join(json.dumps({"prompt": p}) + "\n" for p in prompts(40, seed=11)).encode())
     path = spec(tmp_path, store="s3://distill/pipelines/test", store_options=_options(endpoint),
                 sources=[{"path": "s3://distill/incoming/"}], work=str(tmp_path / "work"))
-    env_extra = {"AWS_ENDPOINT_URL": endpoint}
-    import os
+    first = cli("pipeline", "run", str(path), "--run-id", "r1")
+    assert first.returncode == 0, first.stderr
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="distill", Prefix="pipelines/test/")["Contents"]}
+    for stage in ("collect", "generate", "train", "eval"):
+        assert f"pipelines/test/runs/r1/{stage}/stage.json" in keys
+    assert "pipelines/test/ledger.json" in keys and "pipelines/test/runs/r1/train/final/model.safetensors" in keys
+    assert "pipelines/test/pipeline.lock" not in keys  # released
+    ledger = json.loads(client.get_object(Bucket="distill", Key="pipelines/test/ledger.json")["Body"].read())
+    assert ledger["aliases"] == {"champion": "r1"}
 
-    os.environ.update(env_extra)
-    try:
-        first = cli("pipeline", "run", str(path), "--run-id", "r1")
-        assert first.returncode == 0, first.stderr
-        keys = {o["Key"] for o in client.list_objects_v2(Bucket="distill", Prefix="pipelines/test/")["Contents"]}
-        for stage in ("collect", "generate", "train", "eval"):
-            assert f"pipelines/test/runs/r1/{stage}/stage.json" in keys
-        assert "pipelines/test/ledger.json" in keys and "pipelines/test/runs/r1/train/final/model.safetensors" in keys
-        assert "pipelines/test/pipeline.lock" not in keys  # released
-        ledger = json.loads(client.get_object(Bucket="distill", Key="pipelines/test/ledger.json")["Body"].read())
-        assert ledger["aliases"] == {"champion": "r1"}
+    again = cli("pipeline", "run", str(path), "--run-id", "r1")
+    assert again.returncode == 0 and "already finished" in again.stderr
 
-        again = cli("pipeline", "run", str(path), "--run-id", "r1")
-        assert again.returncode == 0 and "already finished" in again.stderr
+    # a second day lands; a fresh machine (empty work folder) runs it: stages come from the store
+    client.put_object(Bucket="distill", Key="incoming/day2.jsonl",
+                      Body="".join(json.dumps({"prompt": p}) + "\n" for p in prompts(10, seed=12)).encode())
+    import shutil
 
-        # a second day lands; a fresh machine (empty work folder) runs it: stages come from the store
-        client.put_object(Bucket="distill", Key="incoming/day2.jsonl",
-                          Body="".join(json.dumps({"prompt": p}) + "\n" for p in prompts(10, seed=12)).encode())
-        import shutil
-
-        shutil.rmtree(tmp_path / "work")
-        second = cli("pipeline", "run", str(path), "--run-id", "r2")
-        assert second.returncode == 0, second.stderr
-        assert "collect: 10 new prompt(s) from 1 file(s)" in second.stderr
-        status = cli("pipeline", "status", str(path), "--json", "--plot", str(tmp_path / "status.png"))
-        assert status.returncode == 0, status.stderr
-        result = json.loads(status.stdout)
-        assert result["champion"] == "r2" and [r["run"] for r in result["runs"]] == ["r1", "r2"]
-    finally:
-        for key in env_extra:
-            os.environ.pop(key, None)
+    shutil.rmtree(tmp_path / "work")
+    second = cli("pipeline", "run", str(path), "--run-id", "r2")
+    assert second.returncode == 0, second.stderr
+    assert "collect: 10 new prompt(s) from 1 file(s)" in second.stderr
+    status = cli("pipeline", "status", str(path), "--json", "--plot", str(tmp_path / "status.png"))
+    assert status.returncode == 0, status.stderr
+    result = json.loads(status.stdout)
+    assert result["champion"] == "r2" and [r["run"] for r in result["runs"]] == ["r1", "r2"]
 
 
 def test_s3_lock_conditional_writes_and_stale_takeover(tmp_path, s3):
